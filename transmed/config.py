@@ -1,0 +1,220 @@
+"""Typed run configuration: dataclass schema, YAML files and dotted command-line overrides.
+
+The schema is the contract of DESIGN.md. `load_config` merges a YAML file and `key=value`
+overrides into the schema with OmegaConf, so an unknown key or a wrong type is a `ConfigError`
+naming the key (the command-line entry points turn it into exit code 2).
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class SyntheticConfig:
+    """Size of the generated dataset for `data.format: synthetic`."""
+
+    num_train: int = 120
+    num_valid: int = 60
+    image_size: int = 256
+    min_slices: int = 16
+    max_slices: int = 32
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    format: str = "mrnet"  # mrnet | nifti | synthetic
+    root: str = "data/MRNet-v1.0"
+    modalities: list[str] = field(default_factory=lambda: ["sagittal", "coronal", "axial"])
+    tasks: list[str] = field(default_factory=lambda: ["abnormal", "acl", "meniscus"])
+    image_size: int = 224
+    num_slices: Optional[int] = None  # resample every stack to this many slices; None keeps them
+    augment: bool = True
+    num_workers: int = 0
+    cache_dir: Optional[str] = None  # on-disk cache of deterministic preprocessing
+    on_error: str = "raise"  # raise | skip
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "transmed"
+    variant: str = "tiny"  # tiny | small | base
+    backbone: str = "resnet18"
+    pretrained: Any = False  # bool, or a path to a local weights file
+    stem_stage: int = -1  # which feature stage of the timm CNN feeds the tokens
+    grid_size: int = 2  # each slice-image's feature map is pooled to grid_size x grid_size tokens
+    slice_window: int = 3
+    slice_stride: int = 1
+    slice_mode: str = "group"  # group (adjacent slices as RGB) | replicate (one slice on 3 channels)
+    depth: Optional[int] = None  # transformer depth; None takes the variant's default
+    dropout: float = 0.1
+    drop_path: float = 0.0
+    trainable_blocks: str = "all"  # 0..N top stem stages that train, or "all"
+    init_from: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 4
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast where the device supports it (CUDA)
+    backbone_lr_mult: float = 1.0
+    resume: Optional[str] = None  # auto | PATH
+    deterministic: bool = False
+    log_every: int = 10
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "transmed"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    seed: int = 42
+    output_dir: str = "runs"
+    run_name: Optional[str] = None  # None: "{config file stem}-{timestamp}"
+    overwrite: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("mrnet", "nifti", "synthetic"),
+    "data.on_error": ("raise", "skip"),
+    "model.variant": ("tiny", "small", "base"),
+    "model.slice_mode": ("group", "replicate"),
+    "wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message names the key."""
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys.extend(_all_keys(node._get_node(k), full + "."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "is not in struct" in msg or type(err).__name__ == "ConfigKeyError":
+        hint = difflib.get_close_matches(key, _all_keys(schema), n=1)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        return ConfigError(f"unknown config key '{key}' (from {source}).{suggestion}")
+    return ConfigError(f"invalid value for config key '{key}' (from {source}): {msg}")
+
+
+def _merge(base: DictConfig, other: Any, schema: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, source) from None
+
+
+def _validate(cfg: DictConfig) -> None:
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"invalid value for config key '{key}': {value!r}; expected one of {list(choices)}")
+    pretrained = cfg.model.pretrained
+    if not isinstance(pretrained, (bool, str)):
+        raise ConfigError(f"invalid value for config key 'model.pretrained': {pretrained!r}; expected true, false or a file path")
+    tb = str(cfg.model.trainable_blocks)
+    if tb != "all" and not tb.isdigit():
+        raise ConfigError(f"invalid value for config key 'model.trainable_blocks': {tb!r}; expected a number of stages or 'all'")
+    if not cfg.data.modalities:
+        raise ConfigError("config key 'data.modalities' is empty: give at least one modality")
+    for key in ("train.epochs", "train.batch_size", "data.image_size"):
+        if OmegaConf.select(cfg, key) <= 0:
+            raise ConfigError(f"invalid value for config key '{key}': must be positive")
+
+
+def _parse_override(item: str) -> DictConfig:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key = item.split("=", 1)[0].strip()
+    try:
+        dotted = OmegaConf.from_dotlist([item])
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse override {item!r} for key '{key}': {err}") from None
+    value = OmegaConf.select(dotted, key)
+    if isinstance(value, str) and value.lower() in ("null", "none"):
+        OmegaConf.update(dotted, key, None)
+    return dotted
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), base: Optional[dict] = None) -> DictConfig:
+    """Schema <- `base` dict (a checkpoint's config) <- YAML file <- dotted `key=value` overrides."""
+    schema = OmegaConf.structured(Config)
+    cfg = schema
+    if base is not None:
+        cfg = _merge(cfg, OmegaConf.create(base), schema, "checkpoint config")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors come from yaml, not OmegaConf
+            raise ConfigError(f"cannot read config file {path}: {err}") from None
+        cfg = _merge(cfg, loaded, schema, str(path))
+        if cfg.run_name is None:
+            from datetime import datetime
+
+            cfg.run_name = f"{path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    for item in overrides:
+        cfg = _merge(cfg, _parse_override(item), schema, f"override '{item}'")
+    if cfg.run_name is None:
+        cfg.run_name = "run"
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """Plain, resolved dict (for checkpoints, W&B and `config.yaml`)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def save_config(cfg: DictConfig, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def config_from_cli(path: Optional[str], overrides: Sequence[str], base: Optional[dict] = None) -> DictConfig:
+    """`load_config` for entry points: a bad config prints the message and exits with code 2."""
+    try:
+        return load_config(path, overrides, base=base)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def is_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple, ListConfig))

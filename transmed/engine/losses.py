@@ -1,0 +1,26 @@
+"""Class-balanced losses from training-set label frequencies."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.datasets import LabelSpec
+
+
+def build_loss(spec: LabelSpec, train_labels: np.ndarray) -> nn.Module:
+    """BCE-with-logits with `pos_weight = negatives/positives` per task, or CE with inverse-frequency class weights."""
+    if spec.kind == "multilabel":
+        pos = train_labels.sum(axis=0)
+        neg = len(train_labels) - pos
+        for name, p, n in zip(spec.names, pos, neg):
+            if p == 0 or n == 0:
+                raise ValueError(f"task '{name}' has {int(p)} positive and {int(n)} negative training studies; it cannot be learned")
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(neg / pos, dtype=torch.float32))
+    counts = np.bincount(train_labels.astype(int), minlength=spec.num_outputs).astype(np.float64)
+    missing = [name for name, c in zip(spec.names, counts) if c == 0]
+    if missing:
+        raise ValueError(f"classes {missing} have no training studies")
+    weights = counts.sum() / (len(counts) * counts)
+    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))

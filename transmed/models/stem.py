@@ -1,0 +1,89 @@
+"""The CNN stem: any timm CNN as a per-slice-image feature extractor (`features_only`)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Union
+
+import timm
+import torch
+from torch import nn
+
+Pretrained = Union[bool, str, Path]
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be fetched or found."""
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _weights_cached(backbone: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return False
+    return any(
+        isinstance(try_to_load_from_cache(hub_id, name), str)
+        for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    )
+
+
+def _unavailable(backbone: str, reason: str) -> PretrainedWeightsUnavailable:
+    return PretrainedWeightsUnavailable(
+        f"pretrained weights for backbone '{backbone}' are not available: {reason}. "
+        f"Either give a local weights file with model.pretrained=/path/to/{backbone}.pth "
+        f"(a timm/torchvision state dict or .safetensors), or train without ImageNet weights "
+        f"with model.pretrained=false."
+    )
+
+
+def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) -> nn.Module:
+    """timm `features_only` model returning one feature stage (`stage` indexes timm's stages)."""
+    kwargs: dict = dict(features_only=True, out_indices=(stage,))
+    if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):
+        path = Path(pretrained)
+        if not path.is_file():
+            raise _unavailable(backbone, f"weights file '{path}' does not exist")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    elif pretrained:
+        if not _weights_cached(backbone) and not _hub_reachable():
+            raise _unavailable(backbone, "they are not in the local cache and the Hugging Face hub cannot be reached (offline?)")
+        kwargs.update(pretrained=True)
+    try:
+        return timm.create_model(backbone, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ValueError(f"unknown timm backbone '{backbone}' (see timm.list_models())") from None
+        if kwargs.get("pretrained"):
+            raise _unavailable(backbone, str(err).splitlines()[0]) from err
+        raise
+    except OSError as err:
+        raise _unavailable(backbone, str(err).splitlines()[0]) from err
+
+
+class CNNStem(nn.Module):
+    """Normalises [0, 1] slice-images with the backbone's own mean/std and returns one feature map."""
+
+    def __init__(self, backbone: str = "resnet18", pretrained: Pretrained = False, stage: int = -1) -> None:
+        super().__init__()
+        self.backbone_name = backbone
+        self.body = create_stem(backbone, pretrained, stage)
+        cfg = self.body.pretrained_cfg
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
+        self.out_channels: int = self.body.feature_info.channels()[-1]
+        self.reduction: int = self.body.feature_info.reduction()[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [0, 1] -> (N, C, h, w)."""
+        return self.body((images - self.mean) / self.std)[-1]

@@ -1,0 +1,82 @@
+"""From slice stacks to tokens: slice grouping, grid pooling and the token embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+
+def group_slices(x: torch.Tensor, mask: torch.Tensor, window: int = 3, stride: int = 1, mode: str = "group") -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjacent slices become 3-channel images (TransMed); a group is real only if all its slices are.
+
+    x: (B, M, S, H, W), mask: (B, M, S) -> images (B, M, G, 3, H, W), group mask (B, M, G).
+    `mode="replicate"` puts each single slice (every `stride`-th) on all three channels instead.
+    """
+    if mode == "replicate":
+        x, mask = x[:, :, ::stride], mask[:, :, ::stride]
+        return repeat(x, "b m g h w -> b m g c h w", c=3), mask
+    if mode != "group":
+        raise ValueError(f"unknown slice grouping mode {mode!r}; expected 'group' or 'replicate'")
+    if window != 3:
+        raise ValueError(f"slice_window must be 3 for mode 'group' (one slice per RGB channel), got {window}")
+    s = x.shape[2]
+    if s < window:  # too short a padded stack: pad so unfold yields one (masked-out) group
+        x = F.pad(x, (0, 0, 0, 0, 0, window - s))
+        mask = F.pad(mask, (0, window - s))
+    images = rearrange(x.unfold(2, window, stride), "b m g h w c -> b m g c h w")
+    group_mask = mask.unfold(2, window, stride).all(dim=-1)
+    return images, group_mask
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sine/cosine features for any (non-negative, real-valued) positions: (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    angles = positions.float().unsqueeze(-1) * freqs
+    emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return F.pad(emb, (0, dim - 2 * half))
+
+
+class SliceTokenizer(nn.Module):
+    """Feature map (N, C, h, w) -> g*g tokens (N, g*g, D): adaptive average pool to a g x g grid, then project."""
+
+    def __init__(self, in_channels: int, dim: int, grid_size: int = 2) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+        self.norm = nn.LayerNorm(in_channels)
+        self.proj = nn.Linear(in_channels, dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = F.adaptive_avg_pool2d(features, self.grid_size)
+        return self.proj(self.norm(rearrange(pooled, "n c gh gw -> n (gh gw) c")))
+
+
+class TokenEmbedding(nn.Module):
+    """Adds modality, slice-position and in-plane grid-position embeddings to tokens (B, M, G, P, D).
+
+    Slice position is sinusoidal in the group's index (no maximum slice count), passed through a
+    learned linear map so the model can choose how much it uses it.
+    """
+
+    def __init__(self, dim: int, num_modalities: int, grid_size: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.modality = nn.Parameter(torch.zeros(num_modalities, dim))
+        self.grid = nn.Parameter(torch.zeros(grid_size * grid_size, dim))
+        self.slice_proj = nn.Linear(dim, dim)
+        nn.init.trunc_normal_(self.modality, std=0.02)
+        nn.init.trunc_normal_(self.grid, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        _, _, g, _, _ = tokens.shape
+        slice_pos = self.slice_proj(sinusoidal(torch.arange(g, device=tokens.device), self.dim)).to(tokens.dtype)
+        return (
+            tokens
+            + rearrange(self.modality, "m d -> 1 m 1 1 d")
+            + rearrange(slice_pos, "g d -> 1 1 g 1 d")
+            + rearrange(self.grid, "p d -> 1 1 1 p d")
+        )
