@@ -10,9 +10,10 @@ from .config import ConfigError
 from .data.errors import DataError
 from .engine.checkpoint import UnsafeCheckpointError
 from .engine.trainer import NonFiniteLossError, RunExistsError
+from .evaluation.evaluate import ResultExistsError
 from .models.stem import PretrainedWeightsUnavailable
 
-EXPECTED = (DataError, PretrainedWeightsUnavailable, UnsafeCheckpointError, RunExistsError, NonFiniteLossError, FileNotFoundError)
+EXPECTED = (DataError, PretrainedWeightsUnavailable, UnsafeCheckpointError, RunExistsError, ResultExistsError, NonFiniteLossError, FileNotFoundError)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

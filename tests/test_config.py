@@ -1,0 +1,59 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from transmed.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  image_size: 64\nmodel:\n  backbone: resnet34\n")
+    cfg = load_config(path, ["train.epochs=3", "model.pretrained=/w/r34.pth", "data.num_slices=null"])
+    assert cfg.data.image_size == 64 and cfg.model.backbone == "resnet34"
+    assert cfg.train.epochs == 3 and cfg.model.pretrained == "/w/r34.pth" and cfg.data.num_slices is None
+    assert cfg.run_name.startswith("c-")
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch'.*Did you mean 'train.epochs'"),
+        ("modle.backbone=x", "unknown config key 'modle'"),
+        ("train.epochs=many", "train.epochs"),
+        ("data.format=dicomish", "data.format"),
+        ("wandb.mode=sometimes", "wandb.mode"),
+        ("model.trainable_blocks=deep", "model.trainable_blocks"),
+        ("train.batch_size=0", "train.batch_size"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_names_key_and_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 0.1\n  warmup: 2\n")
+    with pytest.raises(ConfigError, match=r"'train.warmup'.*bad.yaml"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("config", ["configs/demo.yaml", "configs/knee.yaml", "configs/parotid.yaml"])
+def test_shipped_configs_load(config):
+    cfg = load_config(ROOT / config)
+    for key in ("seed", "output_dir", "run_name"):
+        assert cfg[key] is not None
+    assert cfg.data.modalities and cfg.wandb.mode in ("offline", "online", "disabled")
+
+
+def test_cli_exits_2_naming_the_key():
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.yaml", "train.epocs=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "train.epocs" in result.stderr and "train.epochs" in result.stderr

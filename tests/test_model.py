@@ -1,0 +1,155 @@
+import pytest
+import torch
+
+from transmed import TransMed, create_model, list_models
+from transmed.models.stem import PretrainedWeightsUnavailable
+from transmed.models.tokens import group_slices
+
+from conftest import TINY_BACKBONE
+
+
+def tiny_model(**kw) -> TransMed:
+    torch.manual_seed(0)
+    args = dict(num_modalities=3, num_outputs=3, backbone=TINY_BACKBONE, variant="tiny", depth=2)
+    args.update(kw)
+    return TransMed(**args).eval()
+
+
+@pytest.mark.parametrize("m,s,outputs", [(1, 3, 2), (2, 5, 4), (3, 8, 3), (4, 4, 1)])
+def test_output_shape_for_modality_and_slice_counts(m, s, outputs):
+    model = tiny_model(num_modalities=m, num_outputs=outputs)
+    assert model(torch.rand(2, m, s, 32, 32)).shape == (2, outputs)
+
+
+def test_padding_content_cannot_change_logits():
+    model = tiny_model()
+    x = torch.rand(2, 3, 7, 32, 32)
+    mask = torch.ones(2, 3, 7, dtype=torch.bool)
+    mask[0, 1, 4:] = False
+    mask[1, 0, 5:] = False
+    with torch.no_grad():
+        ref = model(x, mask)
+        noisy = x.clone()
+        noisy[~mask] = torch.randn_like(noisy[~mask]) * 1e3
+        assert torch.equal(model(noisy, mask), ref)
+
+
+def test_study_logits_independent_of_batch_and_padding_length():
+    model = tiny_model()
+    study = torch.rand(1, 3, 5, 32, 32)
+    alone = model(study)
+    padded = torch.cat([study, torch.rand(1, 3, 6, 32, 32)], dim=2)
+    mask = torch.zeros(2, 3, 11, dtype=torch.bool)
+    mask[0, :, :5] = True
+    mask[1] = True
+    batch = torch.cat([padded, torch.rand(1, 3, 11, 32, 32)])
+    with torch.no_grad():
+        in_batch = model(batch, mask)[:1]
+    # bit-identical is not promised across different GEMM shapes; far below any meaningful change
+    torch.testing.assert_close(in_batch, alone, atol=1e-5, rtol=0)
+
+
+def test_wholly_missing_modality_is_ignored():
+    model = tiny_model()
+    x = torch.rand(1, 3, 5, 32, 32)
+    mask = torch.ones(1, 3, 5, dtype=torch.bool)
+    mask[0, 2] = False
+    with torch.no_grad():
+        a = model(x, mask)
+        x2 = x.clone()
+        x2[0, 2] = torch.rand(5, 32, 32)
+        assert torch.equal(model(x2, mask), a)
+        assert torch.isfinite(a).all()
+
+
+def test_returns_logits_not_probabilities():
+    model = tiny_model(num_outputs=4)
+    with torch.no_grad():
+        model.head.bias.fill_(5.0)
+        out = model(torch.rand(2, 3, 4, 32, 32))
+    assert (out > 1).any()
+
+
+def test_slice_grouping_windows_and_mask():
+    x = torch.arange(6.0).view(1, 1, 6, 1, 1).expand(1, 1, 6, 2, 2)
+    mask = torch.tensor([[[True, True, True, True, True, False]]])
+    images, gmask = group_slices(x, mask, window=3, stride=1)
+    assert images.shape == (1, 1, 4, 3, 2, 2)
+    assert images[0, 0, 1, :, 0, 0].tolist() == [1.0, 2.0, 3.0]
+    assert gmask.tolist() == [[[True, True, True, False]]]
+    images, gmask = group_slices(x, mask, window=3, stride=2)
+    assert gmask.tolist() == [[[True, True]]]
+    rep, rmask = group_slices(x, mask, mode="replicate", stride=1)
+    assert rep.shape == (1, 1, 6, 3, 2, 2) and rep[0, 0, 4, :, 0, 0].tolist() == [4.0, 4.0, 4.0]
+    assert rmask.tolist() == mask.tolist()
+
+
+def test_any_slice_count_works_without_a_maximum():
+    model = tiny_model(num_modalities=1, num_outputs=1, slice_stride=16)
+    assert model(torch.rand(1, 1, 300, 32, 32)).shape == (1, 1)
+
+
+def test_timm_like_surface_and_attention():
+    model = tiny_model(grid_size=2)
+    x = torch.rand(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.shape == (2, 1 + 3 * 2 * 4, 192)
+        assert torch.equal(model.forward_head(feats), model(x))
+        assert model.forward_head(feats, pre_logits=True).shape == (2, 192)
+        maps = model.attention_maps(x)
+    att = maps["attention"]
+    assert att.shape == (2, 2, 3, 25, 25)
+    torch.testing.assert_close(att.sum(-1), torch.ones_like(att.sum(-1)))
+    assert maps["layout"].shape == (24, 3)
+
+
+def test_attention_gives_padded_tokens_no_weight():
+    model = tiny_model(grid_size=1)
+    mask = torch.ones(1, 3, 6, dtype=torch.bool)
+    mask[0, 0, 3:] = False
+    maps = model.attention_maps(torch.rand(1, 3, 6, 32, 32), mask)
+    padded = ~maps["key_mask"][0]
+    assert padded.any() and (maps["attention"][..., padded] == 0).all()
+
+
+def test_registry_and_variants():
+    assert {"transmed_tiny", "transmed_small", "transmed_base"} <= set(list_models())
+    small = create_model("transmed_small", num_modalities=2, num_outputs=2, backbone=TINY_BACKBONE, depth=1)
+    assert small.dim == 384 and small.encoder.blocks[0].attn.heads == 6
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        create_model("nope", num_modalities=1, num_outputs=1)
+
+
+def test_constructor_is_keyword_only_and_checks_inputs():
+    with pytest.raises(TypeError):
+        TransMed(3, 3)
+    model = tiny_model()
+    with pytest.raises(ValueError, match="expects 3 modalities"):
+        model(torch.rand(1, 2, 4, 32, 32))
+    with pytest.raises(ValueError, match="mask shape"):
+        model(torch.rand(1, 3, 4, 32, 32), torch.ones(1, 3, 5, dtype=torch.bool))
+
+
+def test_pretrained_offline_or_missing_file_is_a_clear_error(monkeypatch):
+    import transmed.models.stem as stem
+
+    monkeypatch.setattr(stem, "_weights_cached", lambda name: False)
+    monkeypatch.setattr(stem, "_hub_reachable", lambda *a, **k: False)
+    with pytest.raises(PretrainedWeightsUnavailable, match="model.pretrained=false"):
+        tiny_model(backbone="resnet18", pretrained=True)
+    with pytest.raises(PretrainedWeightsUnavailable, match="does not exist"):
+        tiny_model(pretrained="/no/such/weights.pth")
+
+
+def test_pretrained_from_local_weights_file(tmp_path):
+    import timm
+
+    reference = timm.create_model(TINY_BACKBONE, pretrained=False)
+    torch.nn.init.constant_(reference.conv1[0].weight if isinstance(reference.conv1, torch.nn.Sequential) else reference.conv1.weight, 0.125)
+    path = tmp_path / "weights.pth"
+    torch.save(reference.state_dict(), path)
+    model = tiny_model(pretrained=str(path))
+    conv = model.stem.body.conv1
+    weight = conv[0].weight if isinstance(conv, torch.nn.Sequential) else conv.weight
+    assert torch.all(weight == 0.125)
