@@ -41,6 +41,13 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: Optional[str] = None  # on-disk cache of deterministic preprocessing
     on_error: str = "raise"  # raise | skip
+    label_column: str = "label"  # nifti: the labels.csv column holding the class
+    classes: Optional[list[str]] = None  # nifti: class names in output order; None: sorted unique labels
+    spacing: Optional[list[float]] = None  # nifti: resample to this voxel spacing; None: the first modality's grid
+    slice_axis: int = 2  # nifti: slices are taken along this RAS axis (2: axial)
+    num_folds: int = 5  # without a split column: stratified k-fold by patient
+    fold: int = 0  # which fold is the validation set
+    val_fraction: Optional[float] = None  # mrnet: carve validation out of train; MRNet's valid becomes test
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -59,7 +66,9 @@ class ModelConfig:
     dropout: float = 0.1
     drop_path: float = 0.0
     trainable_blocks: str = "all"  # 0..N top stem stages that train, or "all"
-    init_from: Optional[str] = None
+    init_from: Optional[str] = None  # start from another run's checkpoint (what matches is loaded)
+    stem_chunk: Optional[int] = None  # push slice-images through the stem in chunks of this many
+    channels_last: bool = False
 
 
 @dataclass
@@ -74,7 +83,11 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the device supports it (CUDA)
     backbone_lr_mult: float = 1.0
     resume: Optional[str] = None  # auto | PATH
-    deterministic: bool = False
+    deterministic: bool = False  # torch deterministic algorithms (GPU runs too)
+    modality_dropout: float = 0.0  # drop whole modalities of a training study (at least one kept)
+    compile: bool = False  # torch.compile the model
+    checkpoint_stem: bool = False  # activation checkpointing of the stem
+    accumulate: int = 1  # gradient accumulation steps
     log_every: int = 10
 
 
