@@ -1,4 +1,4 @@
-"""Running a model over a loader: probabilities, labels and loss for a whole split."""
+"""Running a model over a loader: logits, probabilities and labels for a whole split."""
 
 from __future__ import annotations
 
@@ -17,36 +17,39 @@ from .utils import autocast, eval_mode
 @dataclass
 class Predictions:
     ids: list[str]
+    logits: np.ndarray  # (N, K)
     probs: np.ndarray  # (N, K)
     labels: Optional[np.ndarray]  # (N, K) multilabel or (N,) multiclass
-    loss: float
 
 
-def targets(batch: dict, spec: LabelSpec, device: torch.device) -> torch.Tensor:
-    label = batch["label"].to(device)
-    return label.float() if spec.kind == "multilabel" else label.long()
+def targets(labels: torch.Tensor, spec: LabelSpec, device: torch.device) -> torch.Tensor:
+    labels = torch.as_tensor(labels).to(device)
+    return labels.float() if spec.kind == "multilabel" else labels.long()
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, spec: LabelSpec, device: torch.device, amp: bool = True, criterion: Optional[nn.Module] = None) -> Predictions:
-    """Probabilities for every study of `loader` in eval mode; mean loss when a criterion is given."""
-    ids, probs, labels, total, count = [], [], [], 0.0, 0
+def predict(model: nn.Module, loader: DataLoader, spec: LabelSpec, device: torch.device, amp: bool = True) -> Predictions:
+    """Logits and probabilities for every study of `loader`, in eval mode."""
+    ids, logits, labels = [], [], []
     with eval_mode(model):
         for batch in loader:
             x, mask = batch["x"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
             with autocast(device, amp):
-                logits = model(x, mask).float()
-            probs.append(spec.probabilities(logits).cpu().numpy())
+                logits.append(model(x, mask).float().cpu())
             ids.extend(batch["id"])
             if "label" in batch:
-                y = targets(batch, spec, device)
-                labels.append(y.cpu().numpy())
-                if criterion is not None:
-                    total += float(criterion(logits, y)) * len(y)
-                    count += len(y)
+                labels.append(batch["label"].numpy())
+    all_logits = torch.cat(logits)
     return Predictions(
         ids=ids,
-        probs=np.concatenate(probs),
+        logits=all_logits.numpy(),
+        probs=spec.probabilities(all_logits).numpy(),
         labels=np.concatenate(labels) if labels else None,
-        loss=total / count if count else float("nan"),
     )
+
+
+@torch.no_grad()
+def split_loss(criterion: nn.Module, preds: Predictions, spec: LabelSpec) -> float:
+    """The training criterion over a whole split at once."""
+    device = next(criterion.buffers(), torch.empty(0)).device
+    return float(criterion(torch.from_numpy(preds.logits).to(device), targets(preds.labels, spec, device)))

@@ -54,7 +54,13 @@ class RunLogger:
         """Drops metric lines past `epoch` (a resumed run re-runs them), so each epoch appears once."""
         if not self.metrics_path.exists():
             return
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+        lines = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["epoch"] <= epoch:
+                    lines.append(line)
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line cut short by a kill during the write
         atomic_write(self.metrics_path, lambda f: f.write("".join(line + "\n" for line in lines)), mode="w")
 
     def log_epoch(self, record: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import to_dict
@@ -19,10 +22,13 @@ from ..data import build_dataset, build_loader, label_spec, read_manifest
 from ..evaluation.scores import point_aucs
 from ..models import build_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint
-from .inference import predict, targets
+from .distributed import DistInfo, barrier, cleanup, device_for, gather_predictions, init_distributed, mean_over_ranks
+from .inference import predict, split_loss, targets
 from .logger import RunLogger
 from .losses import build_loss
 from .utils import autocast, resolve_device, seed_everything
+
+MIN_FREE_BYTES = 200 * 2**20
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,7 +40,8 @@ class RunExistsError(RuntimeError):
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
-    """`{output_dir}/{run_name}`: refuses to reuse a started run unless resuming or `overwrite=true`."""
+    """`{output_dir}/{run_name}`: refuses to reuse a started run unless resuming or `overwrite=true`;
+    fails before training if the folder cannot be written or the disk is nearly full."""
     run_dir = Path(cfg.output_dir) / cfg.run_name
     started = run_dir.exists() and any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
     if started and not cfg.train.resume:
@@ -44,13 +51,16 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
                 f"pick another run_name, or replace it with overwrite=true"
             )
         shutil.rmtree(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    probe = run_dir / ".write-test"
     try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
     except OSError as err:
         raise RuntimeError(f"cannot write to the run directory {run_dir}: {err}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise RuntimeError(f"only {free / 2**20:.0f} MiB free on the disk holding {run_dir}; checkpoints need more")
     return run_dir
 
 
@@ -92,22 +102,33 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     return path
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, spec, device, cfg, epoch: int) -> float:
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels everywhere (slower on GPU); CPU runs with a fixed seed are reproducible anyway."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, spec, device, cfg, epoch: int, show_progress: bool = True) -> float:
+    """One pass over the training data; an optimizer step every `train.accumulate` batches."""
     model.train()
-    total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True)
+    total, count, accumulate = 0.0, 0, cfg.train.accumulate
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=not show_progress)
     for step, batch in enumerate(bar):
-        x, mask, y = batch["x"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True), targets(batch, spec, device)
+        x, mask, y = batch["x"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True), targets(batch["label"], spec, device)
         with autocast(device, cfg.train.amp):
             loss = criterion(model(x, mask).float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step}, studies {batch['id']}; the last good checkpoint is kept")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        (loss / accumulate).backward()
+        if (step + 1) % accumulate == 0 or step + 1 == len(loader):
+            if cfg.train.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         total += loss.item() * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}")
@@ -115,23 +136,42 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, spec, device
 
 
 def train(cfg: DictConfig) -> Path:
-    """Trains the model `cfg` describes and writes the run files; returns the run directory."""
-    run_dir = prepare_run_dir(cfg)
+    """Trains the model `cfg` describes and writes the run files; returns the run directory.
+
+    Under torchrun each process trains on its shard of the data (DistributedDataParallel);
+    validation predictions are gathered from all ranks so AUC is over the whole split; only rank 0
+    writes files and talks to W&B.
+    """
+    dist_info = init_distributed(cfg.train.device)
+    try:
+        return _train(cfg, dist_info)
+    finally:
+        cleanup(dist_info)
+
+
+def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    if dist_info.is_main:
+        run_dir = prepare_run_dir(cfg)
+    barrier(dist_info)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.train.device)
+    set_deterministic(cfg.train.deterministic)
+    device = device_for(dist_info, resolve_device(cfg.train.device))
     spec = label_spec(cfg)
 
     train_manifest = read_manifest(cfg, "train")
     train_ds = build_dataset(cfg, "train", train=True, manifest=train_manifest)
     val_ds = build_dataset(cfg, "valid", train=False)
     generator = torch.Generator()
-    train_loader = build_loader(cfg, train_ds, train=True, generator=generator)
-    val_loader = build_loader(cfg, val_ds, train=False)
+    train_sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if dist_info.enabled else None
+    val_sampler = DistributedSampler(val_ds, shuffle=False) if dist_info.enabled else None
+    train_loader = build_loader(cfg, train_ds, train=True, sampler=train_sampler, generator=generator)
+    val_loader = build_loader(cfg, val_ds, train=False, sampler=val_sampler)
 
     model = build_model(cfg, spec.num_outputs).to(device)
     criterion = build_loss(spec, np.stack([item["label"] for item in train_manifest])).to(device)
     optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
     scheduler = warmup_cosine(optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
     params = {"total": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
@@ -143,9 +183,17 @@ def train(cfg: DictConfig) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best, wandb_id = state["epoch"] + 1, state["best"], state.get("wandb_id")
-        print(f"resuming {run_dir} from {checkpoint} after epoch {state['epoch']}")
-    logger = RunLogger(run_dir, cfg, resume_id=wandb_id)
-    logger.truncate_after(start_epoch - 1)
+        if dist_info.is_main:
+            print(f"resuming {run_dir} from {checkpoint} after epoch {state['epoch']}")
+    logger = RunLogger(run_dir, cfg, resume_id=wandb_id) if dist_info.is_main else None
+    if logger is not None:
+        logger.truncate_after(start_epoch - 1)
+
+    step_model = model
+    if dist_info.enabled:
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        step_model = torch.compile(step_model)
 
     def checkpoint_content(epoch: int, record: dict) -> dict:
         return dict(
@@ -157,28 +205,37 @@ def train(cfg: DictConfig) -> Path:
             best=best,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
-            scaler=None,
+            scaler=None,  # bf16 autocast needs no loss scaling
             rng=rng_state(),
             wandb_id=logger.wandb_id,
         )
 
     for epoch in range(start_epoch, cfg.train.epochs + 1):
-        seed_everything(cfg.seed * 1000 + epoch)  # data order and augmentation depend on (seed, epoch) only
-        generator.manual_seed(cfg.seed * 1000 + epoch)
-        train_ds.transform.set_random_state(seed=(cfg.seed * 1000 + epoch) % 2**32)
+        epoch_seed = cfg.seed * 1000 + epoch  # data order, augmentation and dropout depend on (seed, epoch) only
+        seed_everything(epoch_seed)
+        generator.manual_seed(epoch_seed)
+        train_ds.transform.set_random_state(seed=(epoch_seed + dist_info.rank) % 2**32)
+        if train_sampler is not None:
+            train_sampler.set_epoch(epoch)
         start = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch)
+        train_loss = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main)
         seconds = time.perf_counter() - start
-        val = predict(model, val_loader, spec, device, cfg.train.amp, criterion)
+        train_loss = mean_over_ranks(train_loss, len(train_loader.sampler), dist_info)
+        val = gather_predictions(predict(model, val_loader, spec, device, cfg.train.amp), dist_info)
+        if not dist_info.is_main:
+            continue
+        val_loss = split_loss(criterion, val, spec)
         aucs = point_aucs(val.probs, val.labels, spec.names, spec.kind)
-        last = {"epoch": epoch, "train/loss": train_loss, "val/loss": val.loss, "val/auc": aucs["mean"], "sec/epoch": seconds, "lr": scheduler.get_last_lr()[0]}
+        last = {"epoch": epoch, "train/loss": train_loss, "val/loss": val_loss, "val/auc": aucs["mean"], "sec/epoch": seconds, "lr": scheduler.get_last_lr()[0]}
         last.update({f"val/auc/{name}": aucs[name] for name in spec.names})
         logger.log_epoch(last)
-        print(f"epoch {epoch}: train/loss {train_loss:.4f}  val/loss {val.loss:.4f}  val/auc {aucs['mean']:.4f}  ({seconds:.1f}s)")
+        tqdm.write(f"epoch {epoch}: train/loss {train_loss:.4f}  val/loss {val_loss:.4f}  val/auc {aucs['mean']:.4f}  ({seconds:.1f}s)")
         if best is None or not math.isfinite(best["val/auc"]) or last["val/auc"] > best["val/auc"]:
             best = dict(last)
             save_checkpoint(run_dir / "checkpoints" / "best.pt", **checkpoint_content(epoch, last))
         save_checkpoint(run_dir / "checkpoints" / "last.pt", **checkpoint_content(epoch, last))
         logger.write_summary({"best": best, "last": last, "params": params})
-    logger.finish()
+    if logger is not None:
+        logger.finish()
+    barrier(dist_info)
     return run_dir
