@@ -56,3 +56,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise RuntimeError(f"{path} is not a TransMed checkpoint (no '{FORMAT}' marker)")
     return ckpt
 
+
+
+def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
+    """Writes the checkpoint's model weights as safetensors, with its config as JSON metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    ckpt = load_checkpoint(checkpoint)
+    metadata = {"format": FORMAT, "config": json.dumps(ckpt["config"]), "label_spec": json.dumps(ckpt["label_spec"]), "epoch": str(ckpt["epoch"])}
+    out = Path(out)
+    save_file({k: v.contiguous() for k, v in ckpt["model"].items()}, str(out), metadata=metadata)
+    return out
