@@ -59,6 +59,13 @@ def mean_over_ranks(value: float, count: int, info: DistInfo) -> float:
     return float(t[0] / t[1])
 
 
+def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's BatchNorm statistics everywhere, so every rank validates the model rank 0 saves."""
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def gather_predictions(preds: Predictions, info: DistInfo) -> Predictions:
     """Every rank's shard joined, duplicates (sampler padding) removed, ordered by study id."""
     if not info.enabled:
