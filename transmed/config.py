@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 
 @dataclass
@@ -48,6 +48,7 @@ class DataConfig:
     num_folds: int = 5  # without a split column: stratified k-fold by patient
     fold: int = 0  # which fold is the validation set
     val_fraction: Optional[float] = None  # mrnet: carve validation out of train; MRNet's valid becomes test
+    drop_modalities: list[str] = field(default_factory=list)  # inference (validation, evaluate.py) sees these as missing
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -138,7 +139,7 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or ""
     msg = getattr(err, "msg", None) or str(err).splitlines()[0]
-    if "not in struct" in msg or "Key '" in msg and "is not in struct" in msg or type(err).__name__ == "ConfigKeyError":
+    if isinstance(err, ConfigKeyError):
         hint = difflib.get_close_matches(key, _all_keys(schema), n=1)
         suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
         return ConfigError(f"unknown config key '{key}' (from {source}).{suggestion}")
