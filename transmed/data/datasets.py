@@ -1,0 +1,238 @@
+"""From a config to datasets and loaders: manifests, label spec, MONAI cached datasets, collate.
+
+Bad studies are found when the dataset is built, not halfway through an epoch: `build_dataset`
+runs the deterministic preprocessing of every study up front (which also fills the cache). Under
+`data.on_error=skip` the failures are left out and listed in the dataset's `skipped`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+import monai
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data.utils import pickle_hashing
+from monai.transforms import Compose
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Sampler
+
+from .collate import pad_collate
+from .errors import DataError, OnError, catch_study_error, study_error_in
+from .mrnet import read_mrnet
+from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
+from .synthetic import generate_mrnet
+from .transforms import augment, min_slices_for, mrnet_preprocess
+
+PREPROCESSING_VERSION = 1  # part of the cache key: bump when a transform's output changes for the same settings
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """What the model predicts: independent binary tasks (multilabel) or one of several classes."""
+
+    kind: str  # multilabel | multiclass
+    names: tuple[str, ...]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.names)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model returns logits; sigmoid per task or softmax over classes gives probabilities."""
+        return torch.sigmoid(logits) if self.kind == "multilabel" else torch.softmax(logits, dim=-1)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "names": list(self.names)}
+
+
+class Manifest(list):
+    """The study dicts of one split, plus `skipped`: studies `data.on_error=skip` left out ({id, file, reason})."""
+
+    def __init__(self, items: Iterable[dict] = (), skipped: Iterable[dict] = ()) -> None:
+        super().__init__(items)
+        self.skipped = list(skipped)
+
+
+def label_spec(cfg: DictConfig) -> LabelSpec:
+    """Multi-label tasks for the knee formats; for `nifti` one class per patient (`data.classes` or the labels found)."""
+    if cfg.data.format == "nifti":
+        frame = read_labels(cfg.data.root, cfg.data.label_column)
+        return LabelSpec("multiclass", class_names(frame, cfg.data.label_column, cfg.data.classes))
+    return LabelSpec("multilabel", tuple(cfg.data.tasks))
+
+
+def ensure_synthetic(cfg: DictConfig) -> None:
+    """`data.format: synthetic` writes the dataset into `data.root` once, then reads it as MRNet."""
+    root = Path(cfg.data.root)
+    if (root / "SYNTHETIC").is_file():
+        return
+    if root.exists() and any(root.iterdir()):
+        raise DataError(f"data.root {root} holds files but no synthetic dataset; refusing to write into it")
+    s = cfg.data.synthetic
+    print(f"generating synthetic MRNet-layout data in {root} ({s.num_train} train, {s.num_valid} valid studies)")
+    generate_mrnet(root, s.num_train, s.num_valid, s.image_size, s.min_slices, s.max_slices, s.seed)
+
+
+def read_manifest(cfg: DictConfig, split: str) -> Manifest:
+    """Study dicts (id, one file per modality, label) for `split`: train | valid, and test where the data defines one."""
+    d, on_error = cfg.data, OnError(cfg.data.on_error)
+    if d.format == "synthetic":
+        ensure_synthetic(cfg)
+    if d.format == "nifti":
+        items = read_nifti_manifest(d.root, split, list(d.modalities), d.label_column, d.classes, d.num_folds, d.fold, cfg.seed, on_error)
+    elif d.format in ("mrnet", "synthetic"):
+        items = read_mrnet(d.root, split, list(d.modalities), list(d.tasks), d.val_fraction, cfg.seed, on_error)
+    else:
+        raise DataError(f"data.format {d.format!r} has no reader")
+    return Manifest(items, on_error.skipped)
+
+
+def preprocessing(cfg: DictConfig) -> Compose:
+    """The deterministic part of the pipeline (what evaluation, prediction and inspection apply)."""
+    d, m = cfg.data, cfg.model
+    min_slices = min_slices_for(m.slice_mode, m.slice_window)
+    if d.format == "nifti":
+        spacing = list(d.spacing) if d.spacing else None
+        return nifti_preprocess(list(d.modalities), d.image_size, d.num_slices, min_slices, d.slice_axis, spacing)
+    return mrnet_preprocess(list(d.modalities), d.image_size, d.num_slices, min_slices)
+
+
+def pipeline(cfg: DictConfig, train: bool) -> Compose:
+    stages = [preprocessing(cfg)]
+    if train and cfg.data.augment:
+        stages.append(augment(list(cfg.data.modalities), cfg.data.image_size))
+    return Compose(stages).flatten()  # flat, so cached datasets see where the random part begins
+
+
+def preprocessing_settings(cfg: DictConfig) -> dict:
+    """Everything the cached (deterministic) output depends on besides the input files."""
+    d = cfg.data
+    settings = {
+        "version": PREPROCESSING_VERSION,
+        "monai": monai.__version__,
+        "format": "mrnet" if d.format == "synthetic" else d.format,
+        "modalities": list(d.modalities),
+        "image_size": d.image_size,
+        "num_slices": d.num_slices,
+        "min_slices": min_slices_for(cfg.model.slice_mode, cfg.model.slice_window),
+        "stages": [type(t).__name__ for t in preprocessing(cfg).flatten().transforms],
+    }
+    if d.format == "nifti":
+        settings.update(spacing=OmegaConf.to_container(d.spacing) if d.spacing else None, slice_axis=d.slice_axis)
+    return settings
+
+
+def cache_folder(cfg: DictConfig) -> Path:
+    """`{data.cache_dir}/{format}-{hash of the preprocessing settings}`: other settings never reuse this cache."""
+    settings = preprocessing_settings(cfg)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cfg.data.cache_dir) / f"{settings['format']}-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "settings.json").is_file():
+        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return folder
+
+
+def _file_stamp(path: Path) -> list[tuple[str, int, int]]:
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [(p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files]
+
+
+def stamped_hash(item: dict, modalities: Sequence[str]) -> bytes:
+    """Cache key of a study: its dict plus size and modification time of its files (a rewritten file is re-read)."""
+    return pickle_hashing({**item, "_files": {m: _file_stamp(Path(item[m])) for m in modalities}})
+
+
+def _screen(items: Sequence[dict], run: Callable[[int], object], on_error: OnError) -> list[dict]:
+    """The items for which `run(index)` raises no `StudyError`; each failure goes to `on_error`."""
+    good = []
+    for index, item in enumerate(items):
+        _, failure = catch_study_error(run, index)
+        if failure is None:
+            good.append(item)
+        else:
+            on_error(failure)
+    return good
+
+
+def _is_cached(ds: PersistentDataset, item: dict) -> bool:
+    return (ds.cache_dir / f"{ds.hash_func(item).decode('utf-8')}{ds.transform_hash}.pt").is_file()
+
+
+def build_dataset(cfg: DictConfig, split: str, train: bool, manifest: Optional[list[dict]] = None) -> Dataset:
+    """MONAI dataset: deterministic preprocessing cached (on disk with `data.cache_dir`, else in memory).
+
+    Every study is preprocessed here, so a bad file fails now with a `StudyError` naming study and
+    file; under `data.on_error=skip` it is left out instead and listed in the dataset's `skipped`.
+    """
+    manifest = read_manifest(cfg, split) if manifest is None else manifest
+    items, on_error = list(manifest), OnError(cfg.data.on_error)
+    transform = pipeline(cfg, train)
+    if cfg.data.cache_dir:
+        make = partial(
+            PersistentDataset,
+            transform=transform,
+            cache_dir=cache_folder(cfg),
+            hash_func=partial(stamped_hash, modalities=list(cfg.data.modalities)),
+        )
+        ds = make(items)
+        good = _screen(items, lambda i: _is_cached(ds, items[i]) or ds[i], on_error)
+        if len(good) < len(items):
+            ds = make(good)
+    else:
+        if on_error.mode == "skip":
+            check = preprocessing(cfg)
+            items = _screen(items, lambda i: check(dict(items[i])), on_error)
+        try:
+            ds = CacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False)
+        except Exception as err:
+            study_err = study_error_in(err)
+            if study_err is not None:
+                raise study_err from None
+            raise
+    ds.skipped = [*getattr(manifest, "skipped", []), *on_error.skipped]
+    return ds
+
+
+def skipped_studies(*sources: object) -> list[dict]:
+    """The studies left out under `data.on_error=skip`, each once; sources: datasets, manifests, `OnError`s."""
+    seen, out = set(), []
+    for source in sources:
+        for record in getattr(source, "skipped", []):
+            key = (record["id"], record["file"], record["reason"])
+            if key not in seen:
+                seen.add(key)
+                out.append(record)
+    return out
+
+
+def report_skipped(path: str | Path, *datasets: Dataset) -> list[dict]:
+    """Writes the skipped studies to `path` (JSON) and warns with their count; nothing when none were skipped."""
+    skipped = skipped_studies(*datasets)
+    if skipped:
+        Path(path).write_text(json.dumps(skipped, indent=2) + "\n")
+        warnings.warn(f"data.on_error=skip left out {len(skipped)} studies; each is listed with its reason in {path}", stacklevel=2)
+    return skipped
+
+
+def build_loader(cfg: DictConfig, dataset: Dataset, train: bool, sampler: Optional[Sampler] = None, generator: Optional[torch.Generator] = None) -> DataLoader:
+    """MONAI's DataLoader (it reseeds random transforms per worker); `generator` fixes the data order."""
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=str(cfg.train.device).startswith("cuda"),
+        collate_fn=partial(pad_collate, modalities=list(cfg.data.modalities)),
+        generator=generator,
+    )

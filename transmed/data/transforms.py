@@ -1,0 +1,194 @@
+"""MONAI dictionary transforms shared by the formats: reading, checks, augmentation, final tensors.
+
+A format's preprocessing (deterministic, cacheable) ends in `finalize`: one plain (S, H, W) float
+tensor per modality. Augmentation then treats the slices as channels: each random draw (flip,
+affine, intensity) is made once per study and applied to every slice of every modality, so the
+slices of a stack and the modalities of a study stay aligned.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Hashable, Mapping, Optional, Sequence
+
+import pydicom
+import torch
+from monai.data import ImageReader, NibabelReader, NumpyReader, PydicomReader
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImage,
+    MapTransform,
+    RandAffined,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    ScaleIntensityd,
+    SpatialPad,
+    SqueezeDimd,
+)
+
+from .errors import StudyError
+
+
+def _last_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[-1] if text else type(err).__name__
+
+
+def _reader_for(path: Path) -> ImageReader:
+    """A fresh reader per file: MONAI's PydicomReader keeps per-read state, and caching runs in threads."""
+    if path.is_dir() or path.suffix.lower() == ".dcm":
+        return PydicomReader()
+    if path.suffix.lower() == ".npy":
+        return NumpyReader()
+    return NibabelReader()
+
+
+def _series_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def dicom_series_problem(folder: Path) -> Optional[tuple[str, str]]:
+    """The first file of a DICOM series folder that cannot be stacked, and why (None: all fine).
+
+    MONAI's reader only warns about such slices and stacks the rest; a silently shorter series
+    is worse than an error, so `LoadStudyd` calls this when a series looks incomplete.
+    """
+    files = _series_files(folder)
+    if not files:
+        return str(folder), "the DICOM folder holds no files"
+    for file in files:
+        try:
+            ds = pydicom.dcmread(file)
+            ds.pixel_array  # noqa: B018 - decoding is the check
+        except Exception as err:  # noqa: BLE001 - any pydicom failure is a bad slice
+            return str(file), f"unreadable DICOM slice: {_last_line(err)}"
+        if "InstanceNumber" not in ds:
+            return str(file), "DICOM slice without InstanceNumber: its place in the series is unknown"
+    return None
+
+
+class LoadStudyd(MapTransform):
+    """Reads each modality (NIfTI, DICOM file or series folder, .npy), turning any failure into a `StudyError`."""
+
+    def __init__(self, keys: Sequence[str], id_key: str = "id") -> None:
+        super().__init__(keys)
+        self.loader = LoadImage(image_only=True)
+        self.id_key = id_key
+
+    def _fail(self, sid: str, key: str, path: Path, reason: str) -> StudyError:
+        found = dicom_series_problem(path) if path.is_dir() else None
+        file, why = found or (str(path), reason)
+        return StudyError(sid, f"cannot read {key} file: {why}", file)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        sid = str(d[self.id_key])
+        for key in self.key_iterator(d):
+            path = Path(d[key])
+            try:
+                image = self.loader(path, reader=_reader_for(path))
+            except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+                raise self._fail(sid, key, path, _last_line(err)) from None
+            if path.is_dir():
+                stacked = image.shape[-1] if image.dim() == 3 else 1
+                expected = len(_series_files(path))
+                if stacked != expected:
+                    raise self._fail(sid, key, path, f"{expected} files in the series folder but {stacked} slices read")
+            d[key] = image
+            d.setdefault("files", {})[key] = str(path)  # not "{key}_...": MONAI takes such keys for meta dicts
+        return d
+
+
+class CheckStudyd(MapTransform):
+    """Rejects stacks a model cannot use: not one 3D volume, non-finite voxels, a constant volume, too few slices.
+
+    Expects channel-first arrays; slices lie along `slice_dim` (1: the first spatial axis).
+    `when` is added to the reasons (for checks after resampling).
+    """
+
+    def __init__(self, keys: Sequence[str], min_slices: int = 1, slice_dim: int = 1, when: str = "", id_key: str = "id") -> None:
+        super().__init__(keys)
+        self.min_slices, self.slice_dim, self.id_key = min_slices, slice_dim, id_key
+        self.when = f" {when}" if when else ""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            arr = torch.as_tensor(d[key])
+            sid, path, when = str(d[self.id_key]), d.get("files", {}).get(key), self.when
+            if arr.dim() == 4 and arr.shape[0] > 1:
+                raise StudyError(sid, f"{key} holds {arr.shape[0]} volumes (a 4D series){when}; expected one 3D volume", path)
+            if arr.dim() != 4:
+                raise StudyError(sid, f"{key} is not a 3D stack (spatial shape {tuple(arr.shape[1:])}){when}", path)
+            if not torch.isfinite(arr).all():
+                raise StudyError(sid, f"{key} holds {int((~torch.isfinite(arr)).sum())} NaN or Inf voxels{when}", path)
+            if arr.amax() == arr.amin():
+                raise StudyError(sid, f"{key} is a constant volume (every voxel {float(arr.amax()):g}){when}", path)
+            if arr.shape[self.slice_dim] < self.min_slices:
+                raise StudyError(
+                    sid, f"{key} has {arr.shape[self.slice_dim]} slices{when}, fewer than the {self.min_slices} a slice group needs", path
+                )
+        return d
+
+
+class PadToSquared(MapTransform):
+    """Pads the in-plane axes of (C, S, H, W) to a centred square, so resizing keeps the aspect ratio."""
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            side = max(d[key].shape[-2:])
+            d[key] = SpatialPad((-1, side, side))(d[key])
+        return d
+
+
+def min_slices_for(slice_mode: str, window: int) -> int:
+    return window if slice_mode == "group" else 1
+
+
+def finalize(modalities: Sequence[str]) -> Compose:
+    """(1, S, H, W) MetaTensor -> plain (S, H, W) float tensor; the last step of every preprocessing."""
+    keys = list(modalities)
+    return Compose([SqueezeDimd(keys, dim=0), EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False)])
+
+
+def mrnet_preprocess(modalities: Sequence[str], image_size: int, num_slices: Optional[int], min_slices: int) -> Compose:
+    """Deterministic: load .npy (s, H, W), check, scale to [0, 1], resize in-plane (and slices if asked)."""
+    keys = list(modalities)
+    return Compose(
+        [
+            LoadStudyd(keys),
+            EnsureChannelFirstd(keys, channel_dim="no_channel"),
+            CheckStudyd(keys, min_slices=min_slices),
+            ScaleIntensityd(keys, minv=0.0, maxv=1.0),
+            Resized(keys, spatial_size=(num_slices or -1, image_size, image_size), mode="trilinear", anti_aliasing=True),
+            finalize(keys),
+        ]
+    )
+
+
+def augment(modalities: Sequence[str], image_size: int) -> Compose:
+    """Random in-plane flip, rotation, scaling, shift and intensity changes on (S, H, W), one draw per study."""
+    keys = list(modalities)
+    shift = 0.05 * image_size  # RandAffine translates in pixels
+    return Compose(
+        [
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandAffined(
+                keys,
+                prob=0.7,
+                rotate_range=math.radians(10),
+                scale_range=(0.1, 0.1),
+                translate_range=(shift, shift),
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys, factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys, offsets=0.05, prob=0.5),
+            EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
+        ]
+    )
