@@ -1,8 +1,11 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from transmed.data import StudyError, build_dataset, build_loader, pad_collate, read_manifest
+from transmed.data import DataError, StudyError, build_dataset, build_loader, pad_collate, read_manifest
 from transmed.data.synthetic import generate_mrnet
 
 
@@ -102,3 +105,78 @@ def test_synthetic_generation_is_deterministic(tmp_path):
     b = generate_mrnet(tmp_path / "b", 3, 1, 16, 3, 4, seed=5)
     assert np.array_equal(np.load(a / "train/axial/0002.npy"), np.load(b / "train/axial/0002.npy"))
     assert (a / "train-acl.csv").read_text() == (b / "train-acl.csv").read_text()
+
+
+def test_val_fraction_carves_valid_out_of_train_and_tests_on_mrnet_valid(tiny_cfg, mrnet_root):
+    from transmed.data.mrnet import read_mrnet_manifest
+
+    cfg = tiny_cfg(**{"data.val_fraction": "0.25"})
+    train, valid, test = ({m["id"] for m in read_manifest(cfg, s)} for s in ("train", "valid", "test"))
+    mrnet = {s: read_mrnet_manifest(mrnet_root, s, list(cfg.data.modalities), list(cfg.data.tasks)) for s in ("train", "valid")}
+    assert not train & valid and train | valid == {m["id"] for m in mrnet["train"]} and len(valid) == 6
+    assert test == {m["id"] for m in mrnet["valid"]}
+    tuples = {m["id"]: tuple(m["label"]) for m in mrnet["train"]}
+    for combo in set(tuples.values()):  # every label combination keeps its share (stratified)
+        members = [sid for sid, t in tuples.items() if t == combo]
+        assert abs(sum(sid in valid for sid in members) - 0.25 * len(members)) <= 1
+    assert {m["id"] for m in read_manifest(cfg, "valid")} == valid
+    assert {m["id"] for m in read_manifest(tiny_cfg(**{"data.val_fraction": "0.25", "seed": "3"}), "valid")} != valid
+    assert len(build_dataset(cfg, "test", train=False)) == 12
+    with pytest.raises(DataError, match="data.val_fraction"):
+        read_manifest(tiny_cfg(), "test")
+
+
+def test_exam_in_two_splits_is_an_error_or_skipped(tiny_cfg, mrnet_root, tmp_path):
+    root = _copy_layout(mrnet_root, tmp_path / "m")
+    for task in ("abnormal", "acl", "meniscus"):
+        with open(root / f"valid-{task}.csv", "a") as f:
+            f.write("0002,0\n")
+    for plane in ("sagittal", "coronal", "axial"):
+        shutil.copy(root / "train" / plane / "0002.npy", root / "valid" / plane / "0002.npy")
+    with pytest.raises(StudyError, match=r"study 0002 .*more than one split \(train and valid\)"):
+        read_manifest(tiny_cfg(**{"data.root": str(root)}), "train")
+    cfg = tiny_cfg(**{"data.root": str(root), "data.on_error": "skip"})
+    for split in ("train", "valid"):
+        manifest = read_manifest(cfg, split)
+        assert "0002" not in {m["id"] for m in manifest} and [r["id"] for r in manifest.skipped] == ["0002"]
+
+
+def test_mrnet_skip_mode_reports_missing_and_unlabelled_files(tiny_cfg, mrnet_root, tmp_path):
+    root = _copy_layout(mrnet_root, tmp_path / "m")
+    (root / "train" / "coronal" / "0003.npy").unlink()
+    np.save(root / "train" / "axial" / "0999.npy", np.zeros((5, 32, 32), np.uint8))
+    ds = build_dataset(tiny_cfg(**{"data.root": str(root), "data.on_error": "skip"}), "train", train=False)
+    assert len(ds) == 23 and {r["id"]: r["reason"] for r in ds.skipped} == {
+        "0003": "missing coronal file",
+        "0999": "has a file in axial/ but no label in train-abnormal.csv",
+    }
+
+
+def test_knee_config_trains_with_auc_per_task(tmp_path):
+    from pathlib import Path
+
+    from transmed.config import load_config
+    from transmed.engine import train
+
+    from conftest import TINY_BACKBONE
+
+    root = generate_mrnet(tmp_path / "knee", 10, 6, 32, 3, 4, seed=1)  # seed 1: both classes of every task in both splits
+    overrides = {
+        "data.root": root,
+        "data.image_size": 32,
+        "data.num_workers": 0,
+        "data.cache_dir": tmp_path / "cache",
+        "model.backbone": TINY_BACKBONE,
+        "model.pretrained": "false",
+        "model.variant": "tiny",
+        "model.depth": 1,
+        "model.slice_stride": 2,
+        "train.epochs": 1,
+        "output_dir": tmp_path / "runs",
+        "run_name": "knee",
+        "wandb.mode": "disabled",
+    }
+    config = Path(__file__).resolve().parents[1] / "configs" / "knee.yaml"
+    run = train(load_config(config, [f"{k}={v}" for k, v in overrides.items()]))
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(np.isfinite(record[f"val/auc/{task}"]) for task in ("abnormal", "acl", "meniscus"))

@@ -18,11 +18,12 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from ..config import to_dict
-from ..data import build_dataset, build_loader, label_spec, read_manifest
+from ..data import build_dataset, build_loader, label_spec, read_manifest, report_skipped
 from ..evaluation.scores import point_aucs
 from ..models import build_model
+from ..models.finetune import drop_modalities_at_random, prepare_model, train_mode
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint
-from .distributed import DistInfo, barrier, cleanup, device_for, gather_predictions, init_distributed, mean_over_ranks
+from .distributed import DistInfo, barrier, cleanup, device_for, gather_predictions, init_distributed, mean_over_ranks, sync_buffers
 from .inference import predict, split_loss, targets
 from .logger import RunLogger
 from .losses import build_loss
@@ -112,12 +113,14 @@ def set_deterministic(enabled: bool) -> None:
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, spec, device, cfg, epoch: int, show_progress: bool = True) -> float:
     """One pass over the training data; an optimizer step every `train.accumulate` batches."""
-    model.train()
+    train_mode(model)  # frozen stem stages keep their BatchNorm statistics
     total, count, accumulate = 0.0, 0, cfg.train.accumulate
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=not show_progress)
     for step, batch in enumerate(bar):
         x, mask, y = batch["x"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True), targets(batch["label"], spec, device)
+        if cfg.train.modality_dropout:
+            mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
         with autocast(device, cfg.train.amp):
             loss = criterion(model(x, mask).float(), y)
         if not torch.isfinite(loss):
@@ -162,6 +165,8 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     train_manifest = read_manifest(cfg, "train")
     train_ds = build_dataset(cfg, "train", train=True, manifest=train_manifest)
     val_ds = build_dataset(cfg, "valid", train=False)
+    if dist_info.is_main:
+        report_skipped(run_dir / "skipped.json", train_ds, val_ds)  # data.on_error=skip: what was left out, and why
     generator = torch.Generator()
     train_sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if dist_info.enabled else None
     val_sampler = DistributedSampler(val_ds, shuffle=False) if dist_info.enabled else None
@@ -169,7 +174,8 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     val_loader = build_loader(cfg, val_ds, train=False, sampler=val_sampler)
 
     model = build_model(cfg, spec.num_outputs).to(device)
-    criterion = build_loss(spec, np.stack([item["label"] for item in train_manifest])).to(device)
+    prepare_model(model, cfg)  # model.init_from, model.trainable_blocks
+    criterion = build_loss(spec, np.stack([item["label"] for item in train_ds.data])).to(device)  # studies kept after screening
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
     scheduler = warmup_cosine(optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
@@ -221,6 +227,7 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
         train_loss = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main)
         seconds = time.perf_counter() - start
         train_loss = mean_over_ranks(train_loss, len(train_loader.sampler), dist_info)
+        sync_buffers(model, dist_info)
         val = gather_predictions(predict(model, val_loader, spec, device, cfg.train.amp), dist_info)
         if not dist_info.is_main:
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,7 +11,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ..config import load_config
+from ..config import load_config, to_dict
 from ..data import LabelSpec, build_dataset, build_loader
 from ..engine.checkpoint import load_checkpoint
 from ..engine.inference import Predictions, predict
@@ -22,6 +23,18 @@ from .plots import plot_calibration, plot_confusion, plot_pr, plot_roc
 
 class ResultExistsError(RuntimeError):
     """An evaluation folder already holds results; they are never overwritten."""
+
+
+class UnsupportedRequest(ValueError):
+    """What a command was asked does not fit the checkpoint (an unknown task or class, a model
+    without attention); entry points report it as a usage error."""
+
+
+def output_index(spec: LabelSpec, name: str) -> int:
+    """Position of a task (multilabel) or class (multiclass) name among the model's outputs."""
+    if name not in spec.names:
+        raise UnsupportedRequest(f"unknown task or class {name!r}; the model predicts {list(spec.names)}")
+    return spec.names.index(name)
 
 
 def load_trained(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[torch.nn.Module, DictConfig, LabelSpec, dict]:
@@ -79,4 +92,54 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "valid", out: Optio
     plot_pr(preds.probs, preds.labels, names, spec.kind, out / "pr.png")
     plot_confusion(preds.probs, preds.labels, names, spec.kind, out / "confusion.png")
     plot_calibration(preds.probs, preds.labels, names, spec.kind, out / "calibration.png")
+    log_evaluation_run(out, cfg, metrics, ckpt.get("wandb_id"))
     return out
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """`{"tasks": {t: {m: {"value", "ci"}}}, "overall": ..., "youden": ...}` -> `{"t/m": v, "t/m/ci_low": lo, ...}`.
+
+    Task names are top-level sections; `overall` stays a section; Youden-threshold metrics get a
+    `youden/` prefix. Non-finite values are left out (W&B summaries cannot hold NaN usefully).
+    """
+    flat: dict[str, float] = {}
+    for prefix, block in (("", metrics), ("youden/", metrics.get("youden", {}))):
+        sections = {**block.get("tasks", {}), **({"overall": block["overall"]} if "overall" in block else {})}
+        for section, values in sections.items():
+            for name, entry in values.items():
+                key = f"{prefix}{section}/{name}"
+                for suffix, value in (("", entry["value"]), ("/ci_low", entry["ci"][0]), ("/ci_high", entry["ci"][1])):
+                    if np.isfinite(value):
+                        flat[key + suffix] = float(value)
+    return flat
+
+
+def log_evaluation_run(out: Path, cfg: DictConfig, metrics: dict, training_run_id: Optional[str] = None) -> None:
+    """Mirrors an evaluation to W&B as a `job_type="eval"` run in the training run's group.
+
+    Named `{run_name}-eval-{split}`, files under `{out}/wandb`, mode from `wandb.mode` (nothing
+    happens when disabled). Logs the flat metrics (`flat_metrics`), `n` and every PNG of `out`.
+    """
+    if cfg.wandb.mode == "disabled":
+        return
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    split = metrics["split"]
+    run = wandb.init(
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=cfg.wandb.group,
+        tags=list(cfg.wandb.tags),
+        name=f"{cfg.run_name}-eval-{split}",
+        job_type="eval",
+        dir=str(out),
+        config={**to_dict(cfg), "eval": {"split": split, "checkpoint": metrics["checkpoint"], "epoch": metrics["epoch"], "training_run_id": training_run_id}},
+        reinit="finish_previous",
+    )
+    try:
+        images = {f"plots/{png.stem}": wandb.Image(str(png)) for png in sorted(out.glob("*.png"))}
+        run.log({**flat_metrics(metrics), "n": metrics["n"], **images})
+    finally:
+        run.finish()

@@ -5,12 +5,15 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from torch import nn
 
+from ..config import ConfigError
+from .finetune import drop_modalities_at_inference
 from .registry import create_model
 
 
 def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
+    """Constructor arguments for `cfg.model.name`; the stem fast paths go to TransMed models only."""
     m = cfg.model
-    return dict(
+    kwargs = dict(
         num_modalities=len(cfg.data.modalities),
         num_outputs=num_outputs,
         backbone=m.backbone,
@@ -25,11 +28,32 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         dropout=m.dropout,
         drop_path=m.drop_path,
     )
+    if m.name.startswith("transmed"):
+        kwargs.update(stem_chunk=m.stem_chunk, channels_last=m.channels_last, checkpoint_stem=cfg.train.checkpoint_stem)
+    return kwargs
+
+
+def dropped_modality_indices(cfg: DictConfig) -> list[int]:
+    """Positions in `data.modalities` of `data.drop_modalities`; at least one modality must remain."""
+    modalities, dropped = list(cfg.data.modalities), list(cfg.data.drop_modalities)
+    unknown = [name for name in dropped if name not in modalities]
+    if unknown:
+        raise ConfigError(f"invalid value for config key 'data.drop_modalities': {unknown} not in data.modalities {modalities}")
+    if set(modalities) <= set(dropped):
+        raise ConfigError(f"invalid value for config key 'data.drop_modalities': it drops every modality of {modalities}")
+    return [modalities.index(name) for name in dropped]
 
 
 def build_model(cfg: DictConfig, num_outputs: int, pretrained: bool | None = None) -> nn.Module:
-    """The model a config describes; `pretrained=False` skips weight loading (a checkpoint follows)."""
+    """The model a config describes; `pretrained=False` skips weight loading (a checkpoint follows).
+
+    With `data.drop_modalities` the model sees those modalities as missing whenever it is in eval mode.
+    """
     kwargs = model_kwargs(cfg, num_outputs)
     if pretrained is False:
         kwargs["pretrained"] = False
-    return create_model(cfg.model.name, **kwargs)
+    dropped = dropped_modality_indices(cfg)
+    model = create_model(cfg.model.name, **kwargs)
+    if dropped:
+        drop_modalities_at_inference(model, dropped)
+    return model

@@ -72,12 +72,19 @@ def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) 
 
 
 class CNNStem(nn.Module):
-    """Normalises [0, 1] slice-images with the backbone's own mean/std and returns one feature map."""
+    """Normalises [0, 1] slice-images with the backbone's own mean/std and returns one feature map.
 
-    def __init__(self, backbone: str = "resnet18", pretrained: Pretrained = False, stage: int = -1) -> None:
+    `channels_last` keeps the body's weights and its input in NHWC memory layout (faster convolutions
+    with bf16 on tensor cores and with oneDNN on many CPUs); the output is the same tensor, only strided differently.
+    """
+
+    def __init__(self, backbone: str = "resnet18", pretrained: Pretrained = False, stage: int = -1, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone_name = backbone
+        self.channels_last = channels_last
         self.body = create_stem(backbone, pretrained, stage)
+        if channels_last:
+            self.body.to(memory_format=torch.channels_last)
         cfg = self.body.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1), persistent=False)
@@ -86,4 +93,6 @@ class CNNStem(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> (N, C, h, w)."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.body((images - self.mean) / self.std)[-1]

@@ -5,11 +5,13 @@ Dai, Gao & Liu, "TransMed: Transformers Advance Multi-modal Medical Image Classi
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 from einops import rearrange, repeat
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .stem import CNNStem, Pretrained
 from .tokens import SliceTokenizer, TokenEmbedding, group_slices
@@ -20,6 +22,22 @@ VARIANTS: dict[str, dict[str, int]] = {
     "small": dict(dim=384, heads=6, depth=6),
     "base": dict(dim=768, heads=12, depth=12),
 }
+
+
+def _keep_buffers(module: nn.Module) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+    """Checkpoint contexts that undo the recomputation's buffer updates (BatchNorm running stats count once)."""
+
+    @contextlib.contextmanager
+    def restore() -> Iterator[None]:
+        saved = [(buf, buf.clone()) for buf in module.buffers()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+
+    return contextlib.nullcontext(), restore()
 
 
 def check_inputs(x: torch.Tensor, mask: Optional[torch.Tensor], num_modalities: int) -> torch.Tensor:
@@ -55,6 +73,8 @@ class TransMed(nn.Module):
         dropout: float = 0.1,
         drop_path: float = 0.0,
         stem_chunk: Optional[int] = None,
+        channels_last: bool = False,
+        checkpoint_stem: bool = False,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -64,8 +84,9 @@ class TransMed(nn.Module):
         self.num_outputs = num_outputs
         self.slice_window, self.slice_stride, self.slice_mode = slice_window, slice_stride, slice_mode
         self.stem_chunk = stem_chunk
+        self.checkpoint_stem = checkpoint_stem
         self.dim = spec["dim"]
-        self.stem = CNNStem(backbone, pretrained, stem_stage)
+        self.stem = CNNStem(backbone, pretrained, stem_stage, channels_last=channels_last)
         self.tokenizer = SliceTokenizer(self.stem.out_channels, self.dim, grid_size)
         self.embed = TokenEmbedding(self.dim, num_modalities, grid_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
@@ -74,11 +95,19 @@ class TransMed(nn.Module):
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.dim, num_outputs)
 
+    def _run_stem(self, images: torch.Tensor) -> torch.Tensor:
+        """The stem's feature maps; with `checkpoint_stem` in training its activations are recomputed in backward."""
+        if not (self.checkpoint_stem and self.training and torch.is_grad_enabled()):
+            return self.stem(images)
+        if torch.compiler.is_compiling():  # compiled graphs apply buffer updates once by themselves
+            return checkpoint(self.stem, images, use_reentrant=False)
+        return checkpoint(self.stem, images, use_reentrant=False, context_fn=lambda: _keep_buffers(self.stem))
+
     def _stem_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, P, D), optionally in chunks so memory stays bounded for long stacks."""
         if self.stem_chunk is None or images.shape[0] <= self.stem_chunk:
-            return self.tokenizer(self.stem(images))
-        return torch.cat([self.tokenizer(self.stem(chunk)) for chunk in images.split(self.stem_chunk)])
+            return self.tokenizer(self._run_stem(images))
+        return torch.cat([self.tokenizer(self._run_stem(chunk)) for chunk in images.split(self.stem_chunk)])
 
     def tokenize(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, 1 + M*G*P, D) with the class token first, and their key mask (B, 1 + M*G*P).

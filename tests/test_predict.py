@@ -1,0 +1,84 @@
+"""python -m transmed.predict: same probabilities as evaluate.py for the same study, clear input errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_evaluation import save_untrained
+from transmed.cli import run_main
+from transmed.evaluation.evaluate import evaluate_checkpoint
+from transmed.evaluation.predict import predict_study
+from transmed.predict import main, split_overrides
+
+PLANES = ("sagittal", "coronal", "axial")
+
+
+@pytest.fixture(scope="module")
+def evaluated(mrnet_root, tmp_path_factory):
+    """An (untrained) checkpoint and evaluate.py's predictions for the valid split."""
+    checkpoint = save_untrained(mrnet_root, tmp_path_factory.mktemp("runs"), seed=3)
+    out = evaluate_checkpoint(checkpoint, "valid", n_bootstrap=10)
+    return checkpoint, pd.read_csv(out / "predictions.csv", dtype={"id": str}).set_index("id")
+
+
+def inputs(root, sid: str) -> list[str]:
+    return [str(root / "valid" / plane / f"{sid}.npy") for plane in PLANES]
+
+
+def test_predict_equals_evaluate_for_the_same_study(evaluated, mrnet_root):
+    checkpoint, frame = evaluated
+    counts = {sid: [np.load(p).shape[0] for p in inputs(mrnet_root, sid)] for sid in frame.index}
+    chosen = [sid for sid in frame.index if counts[sid] != counts[frame.index[0]]][:1] + [frame.index[0]]  # different slice counts
+    for sid in chosen:
+        result = predict_study(checkpoint, inputs(mrnet_root, sid))
+        assert result["id"] == sid
+        expected = frame.loc[sid, [f"prob/{t}" for t in ("abnormal", "acl", "meniscus")]].to_numpy(dtype=float)
+        np.testing.assert_allclose(list(result["probabilities"].values()), expected, atol=1e-6, rtol=0)
+        assert result["prediction"] == {t: p >= 0.5 for t, p in result["probabilities"].items()}
+
+
+def test_command_prints_and_writes_json(evaluated, mrnet_root, tmp_path, capsys):
+    checkpoint, frame = evaluated
+    sid = frame.index[1]
+    main(["--checkpoint", str(checkpoint), *inputs(mrnet_root, sid), "--json-out", str(tmp_path / "p.json"), "--threshold", "0.0", "train.device=cpu"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "p.json").read_text())
+    assert printed["prediction"] == {"abnormal": True, "acl": True, "meniscus": True} and printed["threshold"] == 0.0
+    assert printed["probabilities"]["acl"] == pytest.approx(frame.loc[sid, "prob/acl"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "coronal input not found: "),
+        ("count", "expected 3 inputs, one per modality in the order ['sagittal', 'coronal', 'axial']; got 2"),
+        ("unreadable", "study 0024 (file "),
+    ],
+)
+def test_bad_inputs_fail_with_one_clear_line(evaluated, mrnet_root, tmp_path, capsys, case, message):
+    checkpoint, _ = evaluated
+    files = inputs(mrnet_root, "0024")
+    if case == "missing":
+        files[1] = str(tmp_path / "nope.npy")
+    elif case == "count":
+        files = files[:2]
+    else:
+        files[0] = str(tmp_path / "0024.npy")
+        (tmp_path / "0024.npy").write_text("not an array")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(["--checkpoint", str(checkpoint), *files]))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    if case == "unreadable":
+        assert "cannot read sagittal file" in err
+
+
+def test_overrides_are_told_apart_from_inputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a=b.npy").write_bytes(b"")  # an existing file is an input, whatever its name
+    assert split_overrides(["x.npy", "train.device=cpu", "a=b.npy", "/d/k=v"]) == (["x.npy", "a=b.npy", "/d/k=v"], ["train.device=cpu"])

@@ -1,0 +1,97 @@
+"""k-fold cross-validation: python -m transmed.cv --config FILE [key=value ...]
+
+Trains every fold k < `data.num_folds` (`data.fold=k`) as the run `{run_name}/fold{k}`, all in the
+W&B group `{run_name}`, then writes `{output_dir}/{run_name}/cv_summary.json`: each fold's
+validation metrics at its best epoch, and their mean and standard deviation over folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from omegaconf import DictConfig
+
+from .cli import add_overrides, run_main
+from .config import ConfigError, config_from_cli
+from .data.nifti import read_labels
+from .engine import train
+from .engine.utils import write_json
+
+FOLD_FORMATS = ("nifti",)  # formats whose train/valid split is a fold of the data (MRNet's split is fixed)
+
+
+def check_folds(cfg: DictConfig) -> None:
+    """Refuses data whose validation set does not move with `data.fold`."""
+    if cfg.data.format not in FOLD_FORMATS:
+        raise ConfigError(
+            f"cross-validation needs folds, which data.format={cfg.data.format!r} does not have "
+            f"(its train/valid split is fixed); use one of {list(FOLD_FORMATS)}"
+        )
+    if "split" in read_labels(cfg.data.root, cfg.data.label_column).columns:
+        raise ConfigError(f"cross-validation needs folds, but {cfg.data.root}/labels.csv has a split column, which fixes the validation set")
+    if cfg.data.num_folds < 2:
+        raise ConfigError(f"invalid value for config key 'data.num_folds': {cfg.data.num_folds}; cross-validation needs at least 2")
+
+
+def fold_configs(cfg: DictConfig) -> list[DictConfig]:
+    """One config per fold: `data.fold=k`, run `{run_name}/fold{k}`, W&B group `{run_name}`."""
+    check_folds(cfg)
+    configs = []
+    for k in range(cfg.data.num_folds):
+        fold = copy.deepcopy(cfg)
+        fold.data.fold = k
+        fold.run_name = f"{cfg.run_name}/fold{k}"
+        fold.wandb.group = cfg.run_name
+        fold.wandb.tags = [*cfg.wandb.tags, f"fold={k}"]
+        configs.append(fold)
+    return configs
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and bool(np.isfinite(value))
+
+
+def summarize_folds(run_dirs: Sequence[Path]) -> dict[str, Any]:
+    """Per fold the `val/*` metrics of its best epoch; their mean and std (ddof=1) over the folds where finite."""
+    folds = []
+    for k, run_dir in enumerate(run_dirs):
+        best = json.loads((Path(run_dir) / "summary.json").read_text())["best"]
+        folds.append({"fold": k, "run_dir": str(run_dir), "epoch": best["epoch"], **{key: v for key, v in best.items() if key.startswith("val/")}})
+    keys = [key for key in folds[0] if key.startswith("val/")]
+    mean, std = {}, {}
+    for key in keys:
+        values = np.array([fold[key] for fold in folds if _finite(fold.get(key))], dtype=float)
+        mean[key] = float(values.mean()) if values.size else None
+        std[key] = float(values.std(ddof=1)) if values.size > 1 else None
+    return {"num_folds": len(folds), "metric_epoch": "best", "folds": folds, "mean": mean, "std": std}
+
+
+def run_cv(cfg: DictConfig) -> Path:
+    """Trains every fold, writes and returns `{output_dir}/{run_name}/cv_summary.json`."""
+    run_dirs = [train(fold) for fold in fold_configs(cfg)]
+    path = Path(cfg.output_dir) / cfg.run_name / "cv_summary.json"
+    write_json(path, summarize_folds(run_dirs))
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="k-fold cross-validation: every fold trained, one summary.")
+    parser.add_argument("--config", required=True, help="YAML config file")
+    add_overrides(parser)
+    args = parser.parse_args(argv)
+    path = run_cv(config_from_cli(args.config, args.overrides))
+    summary = json.loads(path.read_text())
+    for key, value in summary["mean"].items():
+        if value is not None:
+            spread = summary["std"][key]
+            print(f"{key}: {value:.4f}" + (f" ± {spread:.4f}" if spread is not None else ""))
+    print(f"cross-validation summary written to {path}")
+
+
+if __name__ == "__main__":
+    run_main(main)

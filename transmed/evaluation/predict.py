@@ -1,0 +1,78 @@
+"""Prediction for new studies: one input per modality, the evaluation preprocessing, probabilities as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from ..data import DataError, LabelSpec, build_dataset, build_loader
+from ..engine.inference import predict
+from ..engine.utils import resolve_device
+from .evaluate import load_trained
+
+
+def study_loader(cfg: DictConfig, items: list[dict]) -> DataLoader:
+    """A loader over study dicts (`id` plus one path per modality) with exactly evaluation's preprocessing.
+
+    It goes through `build_dataset`/`build_loader` as evaluation does, with the on-disk cache off (a
+    new study's file may change under the same path) and read errors raised, never skipped.
+    """
+    cfg = OmegaConf.merge(cfg, {"data": {"cache_dir": None, "on_error": "raise"}})
+    return build_loader(cfg, build_dataset(cfg, "predict", train=False, manifest=items), train=False)
+
+
+def study_item(cfg: DictConfig, inputs: Sequence[str | Path], study_id: Optional[str] = None) -> dict:
+    """`{id, modality: path}` for inputs given in the config's modality order; checks count and existence.
+
+    `study_id` defaults to the first input's name without its extension.
+    """
+    modalities = list(cfg.data.modalities)
+    if len(inputs) != len(modalities):
+        raise DataError(
+            f"expected {len(modalities)} inputs, one per modality in the order {modalities}; got {len(inputs)}: {[str(p) for p in inputs]}"
+        )
+    for modality, path in zip(modalities, inputs):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{modality} input not found: {path}")
+    first = Path(inputs[0])
+    sid = study_id or first.name.split(".")[0]
+    return {"id": sid, **{m: str(p) for m, p in zip(modalities, inputs)}}
+
+
+def study_probabilities(model: torch.nn.Module, cfg: DictConfig, spec: LabelSpec, item: dict) -> dict[str, float]:
+    """Probability per task (multilabel) or class (multiclass) for one study dict."""
+    preds = predict(model, study_loader(cfg, [item]), spec, resolve_device(cfg.train.device), cfg.train.amp)
+    return {name: float(p) for name, p in zip(spec.names, preds.probs[0])}
+
+
+def prediction_of(probabilities: dict[str, float], spec: LabelSpec, threshold: float = 0.5) -> dict | str:
+    """Multilabel: `{task: prob >= threshold}`; multiclass: the most probable class name."""
+    if spec.kind == "multilabel":
+        return {name: p >= threshold for name, p in probabilities.items()}
+    return max(probabilities, key=probabilities.get)
+
+
+def predict_study(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    overrides: Sequence[str] = (),
+    study_id: Optional[str] = None,
+    threshold: float = 0.5,
+) -> dict:
+    """`{"id", "probabilities": {name: p}, "prediction", "threshold"?, "inputs"}` for one study.
+
+    Probabilities equal evaluate.py's for the same files. The threshold (0.5 by default) applies to
+    multilabel tasks only; multiclass predictions are the argmax.
+    """
+    model, cfg, spec, _ = load_trained(checkpoint, overrides)
+    item = study_item(cfg, inputs, study_id)
+    probabilities = study_probabilities(model, cfg, spec, item)
+    result: dict = {"id": item["id"], "probabilities": probabilities, "prediction": prediction_of(probabilities, spec, threshold)}
+    if spec.kind == "multilabel":
+        result["threshold"] = threshold
+    result["inputs"] = {m: item[m] for m in cfg.data.modalities}
+    return result

@@ -1,0 +1,324 @@
+"""Universal adversarial perturbations (UAPs) against a trained model (Minagi, Hirano & Takemoto 2022).
+
+The perturbation `rho` is one 2D image per modality, (M, H, W), added to every real slice of that
+modality (the mask holds: padded slices stay zero) and the result clamped to [0, 1]; so one `rho`
+applies to studies of any slice count. Its size is set relative to the inputs: each modality's
+`rho_m` is projected onto the Lp ball of radius `zeta` times the mean Lp norm of a real slice image
+of the crafting inputs (p = 2 or inf).
+
+Crafting is the iterative algorithm of Hirano & Takemoto (2020) with FGSM steps: passes over the
+crafting studies in shuffled mini-batches; the studies of a batch that `rho` does not fool yet
+give the loss gradient with respect to `rho`; a step of `step * radius` along its sign (linf) or
+its per-modality unit direction (l2); projection back onto the ball. Passes stop after `max_iter`
+or when the crafting fooling (or targeted success) rate reaches `1 - delta`.
+
+"Fooled" means the predicted label changes: for multilabel models any task's 0.5-thresholded
+prediction flips (the loss pushes every task away from its clean prediction); for multiclass the
+argmax changes. A target pushes one task positive (multilabel) or the prediction to one class
+(multiclass), and success is the share of studies predicted so with the perturbation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ..data import DataError, LabelSpec, build_dataset, build_loader, pad_collate  # noqa: E402
+from ..data.transforms import min_slices_for  # noqa: E402
+from ..engine.inference import Predictions, predict  # noqa: E402
+from ..engine.utils import eval_mode, write_json  # noqa: E402
+from .evaluate import ResultExistsError, load_trained, output_index  # noqa: E402
+from .scores import point_aucs  # noqa: E402
+
+NORMS = ("l2", "linf")
+IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class UAP:
+    perturbation: torch.Tensor  # (M, H, W)
+    radius: float  # Lp norm of each modality's perturbation
+    mean_input_norm: float  # mean Lp norm of a real slice image of the crafting inputs
+    passes: int
+    crafting_rate: float  # fooling rate (or targeted success rate) on the crafting inputs
+
+
+def apply_perturbation(x: torch.Tensor, mask: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+    """x (B, M, S, H, W) plus rho (M, H, W) on every real slice, clamped to [0, 1]; padding untouched."""
+    return torch.where(mask[..., None, None], (x + rho[None, :, None]).clamp(0, 1), x)
+
+
+def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
+    """Norm of each 2D image over the last two dimensions."""
+    flat = t.flatten(-2)
+    return flat.abs().amax(dim=-1) if norm == "linf" else flat.norm(dim=-1)
+
+
+def project(rho: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
+    """Each modality's image onto the Lp ball of `radius`."""
+    if norm == "linf":
+        return rho.clamp(-radius, radius)
+    scale = (radius / lp_norm(rho, norm).clamp(min=1e-12)).clamp(max=1.0)
+    return rho * scale[:, None, None]
+
+
+def random_perturbation(shape: Sequence[int], radius: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """Control of the same size: per modality, random signs times `radius` (linf) or Gaussian noise
+    scaled to L2 norm `radius` (l2)."""
+    if norm == "linf":
+        return radius * (torch.randint(0, 2, tuple(shape), generator=generator) * 2 - 1).float()
+    noise = torch.randn(tuple(shape), generator=generator)
+    return noise * (radius / lp_norm(noise, norm))[:, None, None]
+
+
+def decisions(probs: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
+    """(B, K) bool at 0.5 (multilabel) or (B,) class index (multiclass)."""
+    return probs >= 0.5 if spec.kind == "multilabel" else probs.argmax(dim=1)
+
+
+def changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: any task flipped or the class changed."""
+    return (before != after).reshape(len(before), -1).any(dim=1)
+
+
+def on_target(after: torch.Tensor, target: int) -> torch.Tensor:
+    """(B,) bool: the target task is predicted positive, or the target class predicted."""
+    return after[:, target] if after.dim() == 2 else after == target
+
+
+class Perturbed(nn.Module):
+    """The model with `rho` applied to its input (`apply_perturbation`), so `predict` runs it as is.
+
+    It starts in the model's mode: `predict` restores the wrapper's mode afterwards, and a new
+    module's default (training) would leave the model with batch norm in training mode.
+    """
+
+    def __init__(self, model: nn.Module, rho: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.rho = model, rho
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(apply_perturbation(x, mask, self.rho.to(x.device)), mask)
+
+
+def predict_with(model: nn.Module, spec: LabelSpec, batches: Iterable[dict], rho: Optional[torch.Tensor] = None) -> Predictions:
+    """`engine.inference.predict` over the batches, with `rho` applied when given."""
+    device = next(model.parameters()).device
+    return predict(model if rho is None else Perturbed(model, rho), batches, spec, device, amp=False)
+
+
+def success_rate(clean: Predictions, attacked: Predictions, spec: LabelSpec, target: Optional[int] = None) -> float:
+    """Fooling rate (share of studies whose decision changed) or, with a target, the targeted success
+    rate; studies are matched by id, so the two may come in different orders."""
+    order = {sid: i for i, sid in enumerate(attacked.ids)}
+    after = decisions(torch.from_numpy(attacked.probs[[order[sid] for sid in clean.ids]]), spec)
+    if target is not None:
+        return float(on_target(after, target).double().mean())
+    return float(changed(decisions(torch.from_numpy(clean.probs), spec), after).double().mean())
+
+
+def _loss(logits: torch.Tensor, spec: LabelSpec, clean: torch.Tensor, target: Optional[int]) -> torch.Tensor:
+    """What the step ascends: the loss to the clean decisions (untargeted), or minus the loss to the target."""
+    if spec.kind == "multilabel":
+        if target is None:
+            return F.binary_cross_entropy_with_logits(logits, clean.float(), reduction="sum")
+        return -F.binary_cross_entropy_with_logits(logits[:, target], torch.ones_like(logits[:, target]), reduction="sum")
+    if target is None:
+        return F.cross_entropy(logits, clean, reduction="sum")
+    return -F.cross_entropy(logits, torch.full_like(clean, target), reduction="sum")
+
+
+def mean_slice_norm(batches: Iterable[dict], norm: str) -> float:
+    """Mean Lp norm of the real slice images of the batches."""
+    total, count = 0.0, 0
+    for batch in batches:
+        norms = lp_norm(batch["x"], norm)[batch["mask"]]
+        total, count = total + float(norms.sum()), count + norms.numel()
+    if count == 0:
+        raise DataError("no real slices in the crafting inputs")
+    return total / count
+
+
+def craft_uap(
+    model: nn.Module,
+    spec: LabelSpec,
+    batches: Iterable[dict],
+    *,
+    zeta: float = 0.04,
+    norm: str = "l2",
+    target: Optional[int] = None,
+    step: float = 0.1,
+    max_iter: int = 10,
+    delta: float = 0.2,
+) -> UAP:
+    """Crafts a UAP from the crafting batches (dicts with `x`, `mask`, `id`; iterated once per pass,
+    so a shuffling loader gives a new order each pass). See the module docstring."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if zeta <= 0:
+        raise ValueError(f"zeta must be positive, got {zeta}")
+    device = next(model.parameters()).device
+    mean_norm = mean_slice_norm(batches, norm)
+    radius = zeta * mean_norm
+    clean = predict_with(model, spec, batches)
+    clean_decision = dict(zip(clean.ids, decisions(torch.from_numpy(clean.probs), spec)))
+    first = next(iter(batches))["x"]
+    rho = torch.zeros(first.shape[1], *first.shape[-2:], device=device)
+    rate, passes = 0.0, 0
+    for passes in range(1, max_iter + 1):
+        with eval_mode(model):
+            for batch in batches:
+                x, mask = batch["x"].to(device), batch["mask"].to(device)
+                before = torch.stack([clean_decision[sid] for sid in batch["id"]]).to(device)
+                rho.requires_grad_(True)
+                logits = model(apply_perturbation(x, mask, rho), mask).float()
+                after = decisions(spec.probabilities(logits), spec)
+                todo = ~on_target(after, target) if target is not None else ~changed(before, after)
+                if todo.any():
+                    (grad,) = torch.autograd.grad(_loss(logits[todo], spec, before[todo], target), rho)
+                    direction = grad.sign() if norm == "linf" else grad / lp_norm(grad, norm).clamp(min=1e-12)[:, None, None]
+                    rho = project(rho.detach() + step * radius * direction, radius, norm)
+                rho = rho.detach()
+        rate = success_rate(clean, predict_with(model, spec, batches, rho), spec, target)
+        if rate >= 1 - delta:
+            break
+    return UAP(rho.cpu(), radius, mean_norm, passes, rate)
+
+
+def image_folder_batches(folder: str | Path, cfg: DictConfig, batch_size: int) -> list[dict]:
+    """Crafting inputs from a folder of other images (.npy 2D/3D, or PNG/JPEG/TIFF, made grayscale).
+
+    Each file becomes one pseudo-study with the same stack for every modality: intensities scaled to
+    [0, 1], in-plane resized to `data.image_size`, a 2D image (or a too-short stack) repeated to the
+    slices one slice group needs. These are not studies, so the study pipeline does not apply.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--source folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    size, modalities = cfg.data.image_size, list(cfg.data.modalities)
+    need = min_slices_for(cfg.model.slice_mode, cfg.model.slice_window)
+    items = []
+    for path in files:
+        try:
+            array = np.load(path) if path.suffix.lower() == ".npy" else np.asarray(Image.open(path).convert("L"))
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+            raise DataError(f"cannot read {path}: {err}") from None
+        stack = torch.as_tensor(np.asarray(array, dtype=np.float32))
+        if stack.dim() == 2:
+            stack = stack[None]
+        if stack.dim() != 3 or not torch.isfinite(stack).all() or stack.max() == stack.min():
+            raise DataError(f"{path}: expected a finite, non-constant 2D image or 3D stack, got shape {tuple(stack.shape)}")
+        stack = (stack - stack.min()) / (stack.max() - stack.min())
+        stack = F.interpolate(stack[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0, 1)
+        stack = stack.repeat(-(-need // stack.shape[0]), 1, 1)
+        items.append({"id": path.name, **{m: stack for m in modalities}})
+    return [pad_collate(items[i : i + batch_size], modalities) for i in range(0, len(items), batch_size)]
+
+
+def run_robustness(
+    checkpoint: str | Path,
+    *,
+    zeta: float = 0.04,
+    norm: str = "l2",
+    source: str = "train",
+    target: Optional[str] = None,
+    split: str = "valid",
+    out: Optional[str | Path] = None,
+    overrides: Sequence[str] = (),
+    step: float = 0.1,
+    max_iter: int = 10,
+    delta: float = 0.2,
+    random_trials: int = 5,
+) -> Path:
+    """Crafts a UAP from `source` (`train`: the training studies; else a folder of images), applies it to
+    `split` and writes `uap.json`, `uap.npy` (the perturbation) and `uap.png`; returns the folder.
+
+    `random_fooling_rate` is the mean over `random_trials` random perturbations of the same norm.
+    The default folder is `{run dir}/uap-{norm}-zeta{zeta}[-{target}][-external]`; it is never overwritten.
+    """
+    model, cfg, spec, _ = load_trained(checkpoint, overrides)
+    target_index = None if target is None else output_index(spec, target)
+    name = f"uap-{norm}-zeta{zeta:g}" + (f"-{target}" if target else "") + ("" if source == "train" else "-external")
+    out = Path(out) if out is not None else Path(checkpoint).resolve().parent.parent / name
+    if (out / "uap.json").exists():
+        raise ResultExistsError(f"{out} already holds a robustness result; choose another --out")
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    if source == "train":
+        generator = torch.Generator().manual_seed(seed)
+        crafting = build_loader(cfg, build_dataset(cfg, "train", train=False), train=True, generator=generator)
+    else:
+        crafting = image_folder_batches(source, cfg, cfg.train.batch_size)
+    uap = craft_uap(model, spec, crafting, zeta=zeta, norm=norm, target=target_index, step=step, max_iter=max_iter, delta=delta)
+
+    evaluation = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
+    clean = predict_with(model, spec, evaluation)
+    attacked = predict_with(model, spec, evaluation, uap.perturbation)
+    generator = torch.Generator().manual_seed(seed + 1)
+    controls = [predict_with(model, spec, evaluation, random_perturbation(uap.perturbation.shape, uap.radius, norm, generator)) for _ in range(random_trials)]
+    result: dict = {
+        "fooling_rate": success_rate(clean, attacked, spec),
+        "random_fooling_rate": float(np.mean([success_rate(clean, c, spec) for c in controls])),
+    }
+    if target_index is not None:
+        result["targeted_success_rate"] = success_rate(clean, attacked, spec, target_index)
+        result["random_targeted_success_rate"] = float(np.mean([success_rate(clean, c, spec, target_index) for c in controls]))
+        result["clean_on_target_rate"] = success_rate(clean, clean, spec, target_index)
+    if clean.labels is not None:
+        mean_auc = lambda p: point_aucs(p.probs, clean.labels, spec.names, spec.kind)["mean"]  # noqa: E731
+        result["auc"] = {"clean": mean_auc(clean), "uap": mean_auc(attacked), "random": float(np.mean([mean_auc(c) for c in controls]))}
+    result["settings"] = {
+        "zeta": zeta, "norm": norm, "source": str(source), "target": target, "split": split, "checkpoint": str(checkpoint),
+        "radius": uap.radius, "mean_input_norm": uap.mean_input_norm, "step": step, "max_iter": max_iter, "delta": delta,
+        "passes": uap.passes, "crafting_rate": uap.crafting_rate, "random_trials": random_trials, "seed": seed,
+        "n_eval": len(clean.ids),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "uap.json", result)
+    np.save(out / "uap.npy", uap.perturbation.numpy())
+    example = next(iter(evaluation))
+    plot_uap(uap.perturbation, example["x"][0], example["mask"][0], list(cfg.data.modalities), result, out / "uap.png")
+    return out
+
+
+def plot_uap(rho: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, modalities: list[str], result: dict, path: Path) -> None:
+    """Per modality: the perturbation (symmetric colour scale), the middle real slice of an example
+    study and that slice with the perturbation."""
+    perturbed = apply_perturbation(x[None], mask[None], rho)[0]
+    limit = float(rho.abs().max()) or 1.0
+    fig, axes = plt.subplots(3, len(modalities), figsize=(3.2 * len(modalities), 9), squeeze=False)
+    for m, modality in enumerate(modalities):
+        s = int(mask[m].sum()) // 2
+        shown = axes[0, m].imshow(rho[m].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
+        axes[0, m].set_title(f"UAP, {modality}")
+        axes[1, m].imshow(x[m, s].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[1, m].set_title(f"clean slice {s}")
+        axes[2, m].imshow(perturbed[m, s].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[2, m].set_title("with UAP")
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes[0].tolist(), fraction=0.03)
+    s = result["settings"]
+    fig.suptitle(
+        f"{s['norm']} UAP, zeta {s['zeta']:g} (radius {s['radius']:.3g}): fooling rate {result['fooling_rate']:.2f}, "
+        f"random {result['random_fooling_rate']:.2f}"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
