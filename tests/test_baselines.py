@@ -8,10 +8,10 @@ from transmed.models.factory import model_kwargs
 BASELINES = ["mrnet", "late_fusion", "cnn3d"]
 
 
-def baseline(name: str, cfg, num_outputs: int = 3) -> torch.nn.Module:
-    """A baseline built from exactly the keyword arguments the config factory gives every model."""
+def baseline(tiny_cfg, name: str, num_outputs: int = 3, **extra: str) -> torch.nn.Module:
+    """A baseline built from exactly the keyword arguments the config factory gives it."""
     torch.manual_seed(0)
-    return create_model(name, **model_kwargs(cfg, num_outputs)).eval()
+    return create_model(name, **model_kwargs(tiny_cfg(**{"model.name": name}, **extra), num_outputs)).eval()
 
 
 def test_baselines_are_registered():
@@ -20,7 +20,7 @@ def test_baselines_are_registered():
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_baseline_honours_the_mask(name, tiny_cfg):
-    model = baseline(name, tiny_cfg(), num_outputs=4)
+    model = baseline(tiny_cfg, name, num_outputs=4)
     x = torch.rand(2, 3, 7, 32, 32)
     mask = torch.ones(2, 3, 7, dtype=torch.bool)
     mask[0, 1, 4:] = False  # a shorter stack
@@ -34,7 +34,7 @@ def test_baseline_honours_the_mask(name, tiny_cfg):
 
 
 def test_mrnet_takes_the_max_over_real_slices_only(tiny_cfg):
-    model = baseline("mrnet", tiny_cfg(**{"model.slice_mode": "replicate"}))
+    model = baseline(tiny_cfg, "mrnet", **{"model.slice_mode": "replicate"})
     x = torch.rand(1, 3, 6, 32, 32)
     mask = torch.ones(1, 3, 6, dtype=torch.bool)
     mask[0, 0, 3:] = False
@@ -47,7 +47,7 @@ def test_mrnet_takes_the_max_over_real_slices_only(tiny_cfg):
 
 def test_backbone_lr_mult_reaches_every_mrnet_stem(tiny_cfg):
     cfg = tiny_cfg(**{"train.backbone_lr_mult": "0.1", "train.lr": "1e-3"})
-    model = baseline("mrnet", cfg)
+    model = baseline(tiny_cfg, "mrnet")
     optimizer = build_optimizer(model, cfg)
     lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
     for name, param in model.named_parameters():

@@ -82,3 +82,15 @@ def test_overrides_are_told_apart_from_inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a=b.npy").write_bytes(b"")  # an existing file is an input, whatever its name
     assert split_overrides(["x.npy", "train.device=cpu", "a=b.npy", "/d/k=v"]) == (["x.npy", "a=b.npy", "/d/k=v"], ["train.device=cpu"])
+
+
+def test_default_study_id_comes_from_the_file_or_its_folder(tiny_cfg, tmp_path):
+    from transmed.evaluation.predict import study_item
+
+    cfg = tiny_cfg(**{"data.modalities": "[T1,T2]"})
+    (tmp_path / "P001" / "T2").mkdir(parents=True)  # a DICOM folder
+    (tmp_path / "P001" / "T1.nii.gz").write_bytes(b"")
+    (tmp_path / "0200.npy").write_bytes(b"")
+    assert study_item(cfg, [tmp_path / "P001" / "T1.nii.gz", tmp_path / "P001" / "T2"])["id"] == "P001"
+    assert study_item(cfg, [tmp_path / "0200.npy", tmp_path / "P001" / "T2"])["id"] == "0200"
+    assert study_item(cfg, [tmp_path / "0200.npy", tmp_path / "P001" / "T2"], "x")["id"] == "x"

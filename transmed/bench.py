@@ -83,7 +83,7 @@ class Plan:
     data_disk_size: int = 256
     data_workers: tuple[int, ...] = (0,)
     compile: bool = False
-    skipped: tuple[str, ...] = field(default_factory=tuple)
+    skipped: tuple[str, ...] = ()
 
 
 def make_plan(mode: str, device: torch.device) -> Plan:
@@ -433,22 +433,24 @@ def _epoch_seconds(loader: torch.utils.data.DataLoader) -> float:
 
 
 def _loader_seconds(overrides: dict, cache_dir: Path) -> dict[str, float]:
-    """Seconds per pass over the training split: preprocessing into the memory cache, then epochs of each loader."""
+    """Seconds per pass over the training split, uncached (building the dataset preprocesses) and cached."""
     from .data import build_dataset, build_loader
 
     cfg = load_config(None, [f"{k}={v}" for k, v in overrides.items()])
     build_dataset(cfg, "valid", train=False)  # one study through the pipeline: the readers' one-time imports stay out of the timings
     start = time.perf_counter()
     dataset = build_dataset(cfg, "train", train=True)
-    seconds = {"uncached: preprocessing into the memory cache (MONAI CacheDataset)": time.perf_counter() - start}
+    seconds = {"uncached: memory cache being filled (dataset build)": time.perf_counter() - start}
     loader = build_loader(cfg, dataset, train=True)
     _epoch_seconds(loader)  # starts the (persistent) workers
-    seconds["memory cache (default), augmented"] = _epoch_seconds(loader)
+    seconds["memory cache (default), epoch"] = _epoch_seconds(loader)
     del loader, dataset
     cfg = load_config(None, [f"{k}={v}" for k, v in {**overrides, "data.cache_dir": cache_dir}.items()])
+    start = time.perf_counter()
     loader = build_loader(cfg, build_dataset(cfg, "train", train=True), train=True)
-    seconds["uncached: disk cache cold (data.cache_dir, first epoch), augmented"] = _epoch_seconds(loader)
-    seconds["disk cache warm (data.cache_dir), augmented"] = _epoch_seconds(loader)
+    _epoch_seconds(loader)
+    seconds["uncached: disk cache being filled (dataset build + first epoch)"] = time.perf_counter() - start
+    seconds["disk cache (data.cache_dir) warm, epoch"] = _epoch_seconds(loader)
     return seconds
 
 
@@ -469,7 +471,7 @@ def bench_data(plan: Plan, device: torch.device, throughput: Sequence[dict], log
                 for loader, seconds in _loader_seconds(overrides, Path(tmp) / f"cache-{workers}").items():
                     rate = plan.data_studies / seconds
                     rows.append(dict(shape=shape.name, loader=loader, workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                                     studies_per_s=rate, consumed=consumed, vs_train=rate / consumed if consumed else None))
+                                     disk_size=plan.data_disk_size, studies_per_s=rate, consumed=consumed, vs_train=rate / consumed if consumed else None))
     return rows
 
 
@@ -639,8 +641,10 @@ def render_run(result: dict) -> list[str]:
         f"## {m['device']}: {result['mode']} run",
         "",
         f"`{result['command']}`, {result['started']}, {result['wall_s']:.0f} s wall. "
-        f"torch {m['torch']} ({m['torch_threads']} threads), timm {m['timm']}, monai {m['monai']}, Python {m['python']}, {m['platform']}. "
-        f"1-minute load average {load[0]:.1f} at the start, {load_end[0]:.1f} at the end ({m['cpu_cores']} cores; above the core count, other processes shared them).",
+        f"torch {m['torch']} ({m['torch_threads']} CPU thread{'s' if m['torch_threads'] != 1 else ''}), timm {m['timm']}, monai {m['monai']}, "
+        f"Python {m['python']}, {m['platform']}. 1-minute load average {load[0]:.1f} at the start, {load_end[0]:.1f} at the end"
+        + (f": above the {m['cpu_cores']} cores, so other processes shared them and the timings are slower and noisier than on an idle machine."
+           if max(load[0], load_end[0]) > m["cpu_cores"] else f" ({m['cpu_cores']} cores)."),
         "",
         "Shapes: " + "; ".join(_shape_line(result, name) for name in result["shapes"]) + ".",
         f"Times are medians over interleaved rounds; peak memory (MiB) is the {result['memory_method']}.",
@@ -694,12 +698,14 @@ def render_run(result: dict) -> list[str]:
         [[r["shape"], str(r["slices"]), str(r["modalities"]), str(r["slice_images"]), str(r["tokens"]), _num(r["stem_ms"], 0), _num(r["full_ms"], 0),
           f"{r['ratio']:.3f}", _num(r["stem_peak_mib"], 0), _num(r["full_peak_mib"], 0)] for r in result["scaling"]],
     )
+    disk = "/".join(sorted({f"{r['disk_size']}²" for r in result["data"]}))
     lines += [
         "",
         "### Data loader",
         "",
-        "Training loaders (augmentation on) over synthetic studies in the MRNet layout, built with `build_dataset`/`build_loader` as "
-        "training builds them. `x train` is the loader's studies/s over what a TransMed tiny train step consumes at that shape (above 1: the loader keeps up).",
+        f"Training loaders (augmentation on) over synthetic studies in the MRNet layout ({disk} slices on disk), built with `build_dataset`/`build_loader` "
+        "as training builds them. Uncached rows include preprocessing (load, scale, anti-aliased resize); cached epochs only read, augment and collate. "
+        "`x train` is the loader's studies/s over what a TransMed tiny train step consumes at that shape (above 1: the loader keeps up).",
         "",
     ]
     lines += _table(
@@ -707,7 +713,16 @@ def render_run(result: dict) -> list[str]:
         [[r["shape"], r["loader"], str(r["workers"]), "yes" if r["pin_memory"] else "no", "yes" if r["persistent_workers"] else "no",
           _num(r["studies_per_s"], 1), _num(r["vs_train"], 1)] for r in result["data"]],
     )
-    lines += ["", "### Fast paths", "", "TransMed tiny train step under each switch, against the default at the same shape.", ""]
+    lines += [
+        "",
+        "### Fast paths",
+        "",
+        "TransMed tiny train step under each switch, against the default at the same shape. Checkpointing the stem as one segment "
+        "recomputes all its activations at once in backward, so its peak drops only together with `model.stem_chunk` (one chunk "
+        "recomputed at a time); `stem_chunk` alone bounds memory in inference, not in training. In training, BatchNorm stems "
+        "normalise each chunk with its own statistics (outputs match the default exactly in eval mode).",
+        "",
+    ]
     lines += _table(
         ["shape", "switch", "studies/s", "speed-up", "peak MiB", "memory vs default"],
         [[r["shape"], r["path"], _num(r["studies_per_s"], 2), f"{r['speedup']:.2f}x", _num(r["peak_mib"], 0), _num(r["memory_ratio"], 2)]
@@ -744,17 +759,22 @@ def render(results: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def load_runs(folder: Path) -> list[dict]:
+    """Every benchmark run (JSON written by this module) in `folder`."""
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and data.get("schema") == 1:
+                runs.append(data)
+    return runs
+
+
 def write_report(result: dict, out: Path, md_out: Path) -> None:
     """Writes this run's JSON to `out`, then renders `md_out` from every JSON run in `out`'s folder."""
     write_json(out, result)
-    runs = []
-    for path in sorted(out.parent.glob("*.json")):
-        with contextlib.suppress(json.JSONDecodeError, KeyError):
-            data = json.loads(path.read_text())
-            if data.get("schema") == 1:
-                runs.append(data)
     md_out.parent.mkdir(parents=True, exist_ok=True)
-    md_out.write_text(render(runs))
+    md_out.write_text(render(load_runs(out.parent)))
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -766,11 +786,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice, one per core)")
     parser.add_argument("--out", type=Path, default=None, help="this run's JSON (default: benchmarks/{device}-{mode}.json)")
     parser.add_argument("--md-out", type=Path, default=Path("BENCHMARKS.md"), help="the Markdown file rendered from all runs next to --out")
+    parser.add_argument("--render", action="store_true", help="measure nothing: re-render --md-out from the JSON runs in benchmarks/ (or --out's folder)")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    if args.render:
+        folder = args.out.parent if args.out else Path("benchmarks")
+        args.md_out.write_text(render(load_runs(folder)))
+        print(f"[bench] rendered {args.md_out} from {folder}/*.json")
+        return
     name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         print("--device cuda, but CUDA is not available on this machine", file=sys.stderr)

@@ -28,7 +28,8 @@ def study_loader(cfg: DictConfig, items: list[dict]) -> DataLoader:
 def study_item(cfg: DictConfig, inputs: Sequence[str | Path], study_id: Optional[str] = None) -> dict:
     """`{id, modality: path}` for inputs given in the config's modality order; checks count and existence.
 
-    `study_id` defaults to the first input's name without its extension.
+    `study_id` defaults to the first input's name without its extensions (`0200.npy` -> 0200), or
+    to its folder's name when the file is named after the modality (`P001/T1.nii.gz` -> P001).
     """
     modalities = list(cfg.data.modalities)
     if len(inputs) != len(modalities):
@@ -38,8 +39,9 @@ def study_item(cfg: DictConfig, inputs: Sequence[str | Path], study_id: Optional
     for modality, path in zip(modalities, inputs):
         if not Path(path).exists():
             raise FileNotFoundError(f"{modality} input not found: {path}")
-    first = Path(inputs[0])
-    sid = study_id or first.name.split(".")[0]
+    first = Path(inputs[0]).absolute()
+    stem = first.name.split(".")[0]
+    sid = study_id or (first.parent.name if stem.lower() in {m.lower() for m in modalities} else stem)
     return {"id": sid, **{m: str(p) for m, p in zip(modalities, inputs)}}
 
 
