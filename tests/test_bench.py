@@ -67,7 +67,8 @@ def test_checkpoint_stem_is_inactive_outside_training(batch):
 def test_stem_chunk_matches_default(batch):
     """Chunks give the same logits and gradients in eval mode; in training too when the stem has no BatchNorm."""
     _assert_same(_step(_model(stem_chunk=3), *batch, train=False), _step(_model(), *batch, train=False))
-    _assert_same(_step(_model(backbone="test_convnext", stem_chunk=3), *batch, train=True), _step(_model(backbone="test_convnext"), *batch, train=True))
+    no_batchnorm = dict(backbone="test_convnext")
+    _assert_same(_step(_model(**no_batchnorm, stem_chunk=3), *batch, train=True), _step(_model(**no_batchnorm), *batch, train=True))
 
 
 def test_all_stem_fast_paths_together(batch):
@@ -95,7 +96,8 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     out, md = tmp_path / "runs" / "cpu-smoke.json", tmp_path / "BENCHMARKS.md"
     threads = torch.get_num_threads()
     try:
-        main(["--smoke", "--device", "cpu", "--threads", "1", "--models", "transmed_tiny,late_fusion", "--out", str(out), "--md-out", str(md)])
+        args = ["--smoke", "--device", "cpu", "--threads", "1", "--models", "transmed_tiny,late_fusion"]
+        main([*args, "--out", str(out), "--md-out", str(md)])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())

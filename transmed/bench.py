@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -97,7 +96,7 @@ def make_plan(mode: str, device: torch.device) -> Plan:
     if mode == "quick":
         return Plan(
             "quick", (cpu,), replace(cpu, name="cpu-scaling", slices=16, batch=1, backbone="test_resnet"), (8, 16, 32, 64), (1, 2, 3, 4),
-            warmup=1, rounds=2, fusion_rounds=3, data_studies=8, compile=cuda,
+            warmup=1, rounds=2, fusion_rounds=4, data_studies=8, compile=cuda,
             skipped=("knee shape: full run only",) + (() if cuda else ("torch.compile: full run only on CPU (compiling takes minutes)",)),
         )
     return Plan("full", (cpu, knee), replace(cpu, name="cpu-scaling", slices=16, batch=1), (8, 16, 32, 64), (1, 2, 3, 4),
@@ -183,12 +182,15 @@ class Case:
     studies: int
 
 
-def measure(cases: Sequence[Case], device: torch.device, plan: Plan, rounds: Optional[int] = None, warmup: Optional[int] = None) -> list[dict]:
+def measure(
+    cases: Sequence[Case], device: torch.device, plan: Plan, rounds: Optional[int] = None, warmup: Optional[int] = None
+) -> list[dict]:
     """Warm-up steps, then timed rounds (defaults: the plan's); each case's first timed step also measures peak memory.
 
-    Cases run interleaved, round by round, so load from other processes hits all of them alike.
-    Each row is the case's info plus the median step time (and on CPU the process CPU time, which
-    being descheduled by other processes does not inflate), studies/s and peak memory.
+    Cases run interleaved, round by round, so load from other processes hits all of them alike, and
+    each keeps its fastest round (other processes only ever add time). Each row is the case's info plus
+    that step time (and on CPU the process CPU time, which being descheduled does not inflate),
+    studies/s and peak memory.
     """
     for _ in range(plan.warmup if warmup is None else warmup):
         for case in cases:
@@ -208,12 +210,12 @@ def measure(cases: Sequence[Case], device: torch.device, plan: Plan, rounds: Opt
                 used.append(time.process_time() - start_cpu)
     rows = []
     for case, spent, used, peak in zip(cases, wall, cpu, peaks):
-        seconds = statistics.median(spent)
+        seconds = min(spent)
         row = dict(case.info, ms=1000 * seconds, studies_per_s=case.studies / seconds, peak_mib=peak.mib)
         if device.type == "cuda":
             row["total_mib"] = peak.total_mib
         else:
-            row["cpu_ms"] = 1000 * statistics.median(used)
+            row["cpu_ms"] = 1000 * min(used)
         rows.append(row)
     return rows
 
@@ -266,7 +268,9 @@ def _optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     return build_optimizer(model, cfg)
 
 
-def train_step(model: nn.Module, cfg: DictConfig, inputs: tuple, device: torch.device, amp: bool, accumulate: int = 1) -> Callable[[], None]:
+def train_step(
+    model: nn.Module, cfg: DictConfig, inputs: tuple, device: torch.device, amp: bool, accumulate: int = 1
+) -> Callable[[], None]:
     """Forward, BCE loss, backward (over `accumulate` micro-batches), gradient clipping and an AdamW step, as training does."""
     model.train()
     optimizer = _optimizer(model, cfg)
@@ -419,7 +423,8 @@ def bench_scaling(plan: Plan, device: torch.device, log: Callable[[str], None]) 
         info = dict(shape=base.name, slices=slices, modalities=modalities, precision=_precision(amp), slice_images=images,
                     tokens=1 + modalities * groups * model.tokenizer.grid_size**2)
         log(f"scaling: {slices} slices x {modalities} modalities")
-        stem_row, full_row = measure([Case(info, stem, shape.batch), Case(info, train_step(model, cfg, inputs, device, amp), shape.batch)], device, plan)
+        cases = [Case(info, stem, shape.batch), Case(info, train_step(model, cfg, inputs, device, amp), shape.batch)]
+        stem_row, full_row = measure(cases, device, plan)
         rows.append(dict(info, stem_ms=stem_row["ms"], full_ms=full_row["ms"], ratio=full_row["ms"] / stem_row["ms"],
                          stem_peak_mib=stem_row["peak_mib"], full_peak_mib=full_row["peak_mib"]))
     return rows
@@ -460,7 +465,9 @@ def bench_data(plan: Plan, device: torch.device, throughput: Sequence[dict], log
 
     rows = []
     for shape in plan.shapes:
-        consumed = next((r["studies_per_s"] for r in throughput if r["shape"] == shape.name and r["model"] == "transmed_tiny" and r["mode"] == "train"), None)
+        consumed = next(
+            (r["studies_per_s"] for r in throughput if (r["shape"], r["model"], r["mode"]) == (shape.name, "transmed_tiny", "train")), None
+        )
         with tempfile.TemporaryDirectory(prefix="transmed-bench-") as tmp:
             log(f"data: writing {plan.data_studies} synthetic studies ({shape.slices} slices of {plan.data_disk_size}² per plane)")
             root = generate_mrnet(Path(tmp) / "data", plan.data_studies, 1, plan.data_disk_size, shape.slices, shape.slices, seed=0)
@@ -470,8 +477,11 @@ def bench_data(plan: Plan, device: torch.device, throughput: Sequence[dict], log
                              "train.batch_size": shape.batch, "train.device": device.type}
                 for loader, seconds in _loader_seconds(overrides, Path(tmp) / f"cache-{workers}").items():
                     rate = plan.data_studies / seconds
-                    rows.append(dict(shape=shape.name, loader=loader, workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                                     disk_size=plan.data_disk_size, studies_per_s=rate, consumed=consumed, vs_train=rate / consumed if consumed else None))
+                    rows.append(dict(
+                        shape=shape.name, loader=loader, workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                        disk_size=plan.data_disk_size, studies_per_s=rate, consumed=consumed,
+                        vs_train=rate / consumed if consumed else None,
+                    ))
     return rows
 
 
@@ -615,20 +625,24 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 def _shape_line(result: dict, name: str) -> str:
     s = result["shapes"][name]
     depth = f", transformer depth {s['depth']}" if s.get("depth") is not None else ""
-    return f"`{name}`: batch {s['batch']} x {s['modalities']} modalities x {s['slices']} slices x {s['image_size']}² px, backbone {s['backbone']}{depth}"
+    size = f"batch {s['batch']} x {s['modalities']} modalities x {s['slices']} slices x {s['image_size']}² px"
+    return f"`{name}`: {size}, backbone {s['backbone']}{depth}"
 
 
-def fusion_note(row: dict) -> str:
-    """What the measured fusion overhead is made of and what bounds it, in words."""
+def fusion_note(row: dict, shared: bool = False) -> str:
+    """What the measured fusion overhead is made of and what bounds it, in words; `shared`: other processes loaded the machine."""
     verdict = "meets" if row["ratio"] <= FUSION_GOAL else "is above"
     cpu = f" (CPU-time ratio {row['cpu_ratio']:.3f})" if "cpu_ratio" in row else ""
-    return (
+    note = (
         f"{row['model']} on `{row['shape']}`: ratio {row['ratio']:.3f}{cpu} {verdict} the goal of {FUSION_GOAL}. Over the stem's "
         f"{row['stem_ms']:.0f} ms, tokens, embeddings, scatter and head add {100 * row['tokens_share']:+.1f}% and the transformer "
         f"encoder {100 * row['encoder_share']:+.1f}%. What bounds it is the encoder's work: its matmuls are "
-        f"{100 * (row['flop_ratio'] - 1):.1f}% of the stem's convolution FLOPs at this shape (FLOP ratio {row['flop_ratio']:.3f}), and AdamW updates "
-        f"{row['params_m'] - row['stem_params_m']:.1f}M parameters next to the stem's {row['stem_params_m']:.1f}M."
+        f"{100 * (row['flop_ratio'] - 1):.1f}% of the stem's convolution FLOPs at this shape (FLOP ratio {row['flop_ratio']:.3f}), "
+        f"and AdamW updates {row['params_m'] - row['stem_params_m']:.1f}M parameters next to the stem's {row['stem_params_m']:.1f}M."
     )
+    if shared:
+        note += " Other processes loaded the machine during this run, so the timed ratios carry their noise; the FLOP ratio does not."
+    return note
 
 
 def render_run(result: dict) -> list[str]:
@@ -637,17 +651,19 @@ def render_run(result: dict) -> list[str]:
     load = m.get("load_average") or [math.nan]
     load_end = m.get("load_average_end") or [math.nan]
     cuda = m["device_type"] == "cuda"
+    shared = max(load[0], load_end[0]) > m["cpu_cores"]
     lines = [
         f"## {m['device']}: {result['mode']} run",
         "",
         f"`{result['command']}`, {result['started']}, {result['wall_s']:.0f} s wall. "
-        f"torch {m['torch']} ({m['torch_threads']} CPU thread{'s' if m['torch_threads'] != 1 else ''}), timm {m['timm']}, monai {m['monai']}, "
+        f"torch {m['torch']} ({m['torch_threads']} CPU thread{'s' if m['torch_threads'] != 1 else ''}), "
+        f"timm {m['timm']}, monai {m['monai']}, "
         f"Python {m['python']}, {m['platform']}. 1-minute load average {load[0]:.1f} at the start, {load_end[0]:.1f} at the end"
-        + (f": above the {m['cpu_cores']} cores, so other processes shared them and the timings are slower and noisier than on an idle machine."
-           if max(load[0], load_end[0]) > m["cpu_cores"] else f" ({m['cpu_cores']} cores)."),
+        + (f": above the {m['cpu_cores']} cores, so other processes shared them and the timings are slower and noisier than idle."
+           if shared else f" ({m['cpu_cores']} cores)."),
         "",
         "Shapes: " + "; ".join(_shape_line(result, name) for name in result["shapes"]) + ".",
-        f"Times are medians over interleaved rounds; peak memory (MiB) is the {result['memory_method']}.",
+        f"Times are the fastest of interleaved rounds; peak memory (MiB) is the {result['memory_method']}.",
         "",
         "### Throughput",
         "",
@@ -678,13 +694,14 @@ def render_run(result: dict) -> list[str]:
         "",
     ]
     lines += _table(
-        ["shape", "model", "precision", "slice-images/step", "stem ms", "no encoder ms", "TransMed ms", "ratio", "CPU-time ratio", "FLOP ratio",
-         "stem peak MiB", "TransMed peak MiB"],
-        [[r["shape"], r["model"], r["precision"], str(r["slice_images"]), _num(r["stem_ms"], 0), _num(r["no_encoder_ms"], 0), _num(r["full_ms"], 0),
-          f"**{r['ratio']:.3f}**", _num(r.get("cpu_ratio"), 3), f"{r['flop_ratio']:.3f}", _num(r["stem_peak_mib"], 0), _num(r["full_peak_mib"], 0)]
+        ["shape", "model", "precision", "slice-images/step", "stem ms", "no encoder ms", "TransMed ms", "ratio", "CPU-time ratio",
+         "FLOP ratio", "stem peak MiB", "TransMed peak MiB"],
+        [[r["shape"], r["model"], r["precision"], str(r["slice_images"]), _num(r["stem_ms"], 0), _num(r["no_encoder_ms"], 0),
+          _num(r["full_ms"], 0), f"**{r['ratio']:.3f}**", _num(r.get("cpu_ratio"), 3), f"{r['flop_ratio']:.3f}",
+          _num(r["stem_peak_mib"], 0), _num(r["full_peak_mib"], 0)]
          for r in result["fusion"]],
     )
-    lines += [""] + [f"- {fusion_note(r)}" for r in result["fusion"]]
+    lines += [""] + [f"- {fusion_note(r, shared)}" for r in result["fusion"]]
     lines += [
         "",
         "### Scaling",
@@ -694,8 +711,10 @@ def render_run(result: dict) -> list[str]:
         "",
     ]
     lines += _table(
-        ["shape", "slices", "modalities", "slice-images/step", "tokens/study", "stem ms", "TransMed ms", "ratio", "stem peak MiB", "TransMed peak MiB"],
-        [[r["shape"], str(r["slices"]), str(r["modalities"]), str(r["slice_images"]), str(r["tokens"]), _num(r["stem_ms"], 0), _num(r["full_ms"], 0),
+        ["shape", "slices", "modalities", "slice-images/step", "tokens/study", "stem ms", "TransMed ms", "ratio", "stem peak MiB",
+         "TransMed peak MiB"],
+        [[r["shape"], str(r["slices"]), str(r["modalities"]), str(r["slice_images"]), str(r["tokens"]), _num(r["stem_ms"], 0),
+          _num(r["full_ms"], 0),
           f"{r['ratio']:.3f}", _num(r["stem_peak_mib"], 0), _num(r["full_peak_mib"], 0)] for r in result["scaling"]],
     )
     disk = "/".join(sorted({f"{r['disk_size']}²" for r in result["data"]}))
@@ -703,8 +722,9 @@ def render_run(result: dict) -> list[str]:
         "",
         "### Data loader",
         "",
-        f"Training loaders (augmentation on) over synthetic studies in the MRNet layout ({disk} slices on disk), built with `build_dataset`/`build_loader` "
-        "as training builds them. Uncached rows include preprocessing (load, scale, anti-aliased resize); cached epochs only read, augment and collate. "
+        f"Training loaders (augmentation on) over synthetic studies in the MRNet layout ({disk} slices on disk), built with "
+        "`build_dataset`/`build_loader` as training builds them. Uncached rows include preprocessing (load, scale, anti-aliased "
+        "resize); cached epochs only read, augment and collate. "
         "`x train` is the loader's studies/s over what a TransMed tiny train step consumes at that shape (above 1: the loader keeps up).",
         "",
     ]
@@ -782,11 +802,15 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="CPU-sized shape only: under 3 minutes on 2 CPU cores")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--models", default=None, help="comma-separated model names for the throughput table (default: TransMed tiny, small and every registered baseline)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated models for the throughput table (default: TransMed tiny, small and the baselines)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice, one per core)")
     parser.add_argument("--out", type=Path, default=None, help="this run's JSON (default: benchmarks/{device}-{mode}.json)")
     parser.add_argument("--md-out", type=Path, default=Path("BENCHMARKS.md"), help="the Markdown file rendered from all runs next to --out")
-    parser.add_argument("--render", action="store_true", help="measure nothing: re-render --md-out from the JSON runs in benchmarks/ (or --out's folder)")
+    parser.add_argument(
+        "--render", action="store_true", help="measure nothing: re-render --md-out from the JSON runs in benchmarks/ (or --out's folder)"
+    )
     return parser.parse_args(argv)
 
 
