@@ -4,7 +4,7 @@ from torch import nn
 
 from transmed import TransMed
 from transmed.config import ConfigError
-from transmed.engine import load_checkpoint, train
+from transmed.engine import load_checkpoint, save_checkpoint, train
 from transmed.models import build_model
 from transmed.models.finetune import drop_modalities_at_random, freeze_stem, stem_stages, train_mode
 
@@ -58,12 +58,13 @@ def test_frozen_batchnorm_keeps_eval_mode_under_train():
     assert all(bn.training for bn in norms(stages[-1]))
 
 
-def test_init_from_reports_skips_and_frozen_stem_is_bit_identical_after_training(tiny_cfg, capsys):
-    source = train(tiny_cfg(**{"train.epochs": "1", "run_name": "source"}))
+def test_init_from_reports_skips_and_frozen_stem_is_bit_identical_after_training(tiny_cfg, tmp_path, capsys):
+    torch.manual_seed(1)
+    before = build_model(tiny_cfg(), 3).state_dict()  # another run's weights: 3 modalities, 3 outputs
+    save_checkpoint(tmp_path / "source.pt", model=before)
     cfg = tiny_cfg(**{
         "train.epochs": "1",
-        "run_name": "target",
-        "model.init_from": str(source / "checkpoints" / "last.pt"),
+        "model.init_from": str(tmp_path / "source.pt"),
         "model.trainable_blocks": "2",
         "data.modalities": "[sagittal,coronal]",  # another modality count and ...
         "data.tasks": "[abnormal,acl]",  # ... another head size
@@ -73,7 +74,6 @@ def test_init_from_reports_skips_and_frozen_stem_is_bit_identical_after_training
     assert "skipped embed.modality: shape (3, 192) in the checkpoint, (2, 192) here" in out
     assert "skipped head.weight" in out and "skipped head.bias" in out
 
-    before = load_checkpoint(source / "checkpoints" / "last.pt")["model"]
     after = load_checkpoint(target / "checkpoints" / "last.pt")["model"]
     model = build_model(cfg, 2)
     stages = stem_stages(model.stem)

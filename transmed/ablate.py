@@ -11,8 +11,8 @@ FILE is YAML:
 
 `grid` may also be a list of such mappings; their runs are concatenated (a union of products).
 Extra `key=value` apply to every run. Each run is `{output_dir}/{group}/{run}/`, a W&B run in the
-group tagged with its varied values; its best checkpoint is evaluated on `valid` (bootstrap
-interval) into `{run}/eval-valid/`. The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`.
+group tagged with its varied values; its best checkpoint's validation AUC gets a bootstrap
+interval. The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`.
 A failed run is a row with its error and does not stop the others. Run again with
 `train.resume=auto` to finish interrupted runs and keep finished ones.
 """
@@ -36,7 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 from .cli import add_overrides, fail, run_main
 from .config import ConfigError, is_list, load_config
 from .engine import train
-from .evaluation.evaluate import ResultExistsError, evaluate_checkpoint
+from .evaluation.evaluate import load_trained, predict_split
+from .evaluation.metrics import compute_metrics
 
 FILE_KEYS = ("base", "group", "grid")
 
@@ -120,8 +121,11 @@ def run_configs(ablation: Ablation, overrides: Sequence[str] = ()) -> list[DictC
     return configs
 
 
-def _overall_auc(metrics: dict) -> dict:
-    overall = metrics["overall"]
+def bootstrap_auc(checkpoint: Path, n_bootstrap: int = 1000) -> dict:
+    """`{"value", "ci"}` of the checkpoint's validation AUC (mean over tasks, or macro over classes)."""
+    model, cfg, spec, _ = load_trained(checkpoint)
+    preds = predict_split(model, cfg, spec, "valid")
+    overall = compute_metrics(preds.probs, preds.labels, list(spec.names), spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)["overall"]
     return overall["auc"] if "auc" in overall else overall["auc_macro"]
 
 
@@ -129,12 +133,7 @@ def run_result(run_dir: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
     """val/auc at the best epoch with its bootstrap interval, parameter counts and mean seconds per epoch."""
     summary = json.loads((run_dir / "summary.json").read_text())
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    out = run_dir / "eval-valid"
-    try:
-        evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", "valid", out, n_bootstrap=n_bootstrap)
-    except ResultExistsError:
-        pass  # a resumed ablation: the finished run was evaluated before
-    auc = _overall_auc(json.loads((out / "metrics.json").read_text()))
+    auc = bootstrap_auc(run_dir / "checkpoints" / "best.pt", n_bootstrap)
     return {
         "best_epoch": summary["best"]["epoch"],
         "val/auc": summary["best"]["val/auc"],
