@@ -52,7 +52,7 @@ def test_fusion_ablation_trains_and_evaluates_each_baseline_and_survives_a_faile
     grid = [{"model.name": ["mrnet", "late_fusion", "cnn3d"]}, {"data.modalities": [["coronal"]]}, {"model.trainable_blocks": [9]}]
     path = ablation_file(tmp_path, grid, group="mini-fusion")
     with pytest.raises(SystemExit) as exited:  # the failed run makes the exit status 1, after the comparison
-        main([str(path), "--bootstrap", "50", *tiny_overrides(mrnet_root, tmp_path, **{"train.epochs": "1"})])
+        main([str(path), "--bootstrap", "50", *tiny_overrides(mrnet_root, tmp_path, **{"train.epochs": "1", "model.slice_stride": "3"})])
     assert exited.value.code == 1
 
     out = tmp_path / "mini-fusion"
