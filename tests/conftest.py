@@ -27,6 +27,7 @@ def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
         "data.format": "mrnet",
         "data.root": str(root),
         "data.image_size": "32",
+        "data.augment": "true",
         "output_dir": str(out),
         "run_name": "tiny",
         "model.backbone": TINY_BACKBONE,
