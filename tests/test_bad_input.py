@@ -173,7 +173,9 @@ def base_root(tmp_path_factory) -> Path:
     """Six generated T1/T2 studies: P000-P003 train, P004-P005 valid."""
     root = generate_nifti(tmp_path_factory.mktemp("base"), num_studies=6, seed=11)
     rows = (root / "labels.csv").read_text().split()[1:]
-    (root / "labels.csv").write_text("\n".join(["patient_id,label,split"] + [f"{r},{'train' if i < 4 else 'valid'}" for i, r in enumerate(rows)]) + "\n")
+    (root / "labels.csv").write_text(
+        "\n".join(["patient_id,label,split"] + [f"{r},{'train' if i < 4 else 'valid'}" for i, r in enumerate(rows)]) + "\n"
+    )
     return root
 
 
@@ -245,7 +247,11 @@ def test_training_goes_on_without_the_bad_studies_and_lists_them(tmp_path):
     rewrite(root / valid_ids[0] / "T1.nii.gz", lambda a: np.zeros_like(a))
     set_label(root, train_ids[1], "lymphoma")
     shutil.copytree(root / train_ids[2], root / "P999")
-    cfg = cfg_for(root, tmp_path, **{"data.on_error": "skip", "data.image_size": "32", "data.num_slices": "6", "train.epochs": "1", "model.depth": "1"})
+    cfg = cfg_for(
+        root,
+        tmp_path,
+        **{"data.on_error": "skip", "data.image_size": "32", "data.num_slices": "6", "train.epochs": "1", "model.depth": "1"},
+    )
     with pytest.warns(UserWarning, match="left out 4 studies"):
         run = train(cfg)
     skipped = {r["id"]: r for r in json.loads((run / "skipped.json").read_text())}

@@ -53,7 +53,10 @@ def test_shipped_configs_load(config):
 def test_cli_exits_2_naming_the_key():
     result = subprocess.run(
         [sys.executable, "train.py", "--config", "configs/demo.yaml", "train.epocs=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "train.epocs" in result.stderr and "train.epochs" in result.stderr

@@ -16,10 +16,20 @@ from conftest import tiny_overrides
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun not installed")
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun not installed"
+)
 def test_torchrun_two_processes_matches_single_process_evaluation(mrnet_root, tmp_path):
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "train.py", "--config", "configs/demo.yaml", *tiny_overrides(mrnet_root, tmp_path)]
+    cmd = [
+        torchrun,
+        "--standalone",
+        "--nproc_per_node=2",
+        "train.py",
+        "--config",
+        "configs/demo.yaml",
+        *tiny_overrides(mrnet_root, tmp_path),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -27,6 +37,8 @@ def test_torchrun_two_processes_matches_single_process_evaluation(mrnet_root, tm
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     best = json.loads((run / "summary.json").read_text())["best"]
-    metrics = json.loads((evaluate_checkpoint(run / "checkpoints" / "best.pt", "valid", tmp_path / "eval", n_bootstrap=10) / "metrics.json").read_text())
+    metrics = json.loads(
+        (evaluate_checkpoint(run / "checkpoints" / "best.pt", "valid", tmp_path / "eval", n_bootstrap=10) / "metrics.json").read_text()
+    )
     assert metrics["n"] == 12
     assert metrics["overall"]["auc"]["value"] == pytest.approx(best["val/auc"], abs=1e-5)

@@ -82,7 +82,14 @@ def test_eval_run_goes_to_the_training_group(checkpoint, tmp_path, monkeypatch):
 def _metrics_and_plot(out: Path) -> dict:
     out.mkdir(parents=True)
     plt.imsave(out / "roc.png", np.zeros((4, 4)))
-    return {"tasks": {"acl": {"auc": {"value": 0.75, "ci": [0.5, 0.9]}}}, "overall": {}, "n": 3, "split": "test", "checkpoint": "c.pt", "epoch": 1}
+    return {
+        "tasks": {"acl": {"auc": {"value": 0.75, "ci": [0.5, 0.9]}}},
+        "overall": {},
+        "n": 3,
+        "split": "test",
+        "checkpoint": "c.pt",
+        "epoch": 1,
+    }
 
 
 def test_eval_run_offline_files_land_in_the_eval_folder(tiny_cfg, tmp_path):
@@ -102,8 +109,16 @@ def test_flat_metrics_sections_and_youden_prefix():
     block = {"tasks": {"a": {"auc": {"value": 0.8, "ci": [0.7, 0.9]}}}, "overall": {"f1": {"value": float("nan"), "ci": [0.1, 0.2]}}}
     flat = flat_metrics({**block, "youden": block})
     assert flat == {
-        "a/auc": 0.8, "a/auc/ci_low": 0.7, "a/auc/ci_high": 0.9, "overall/f1/ci_low": 0.1, "overall/f1/ci_high": 0.2,
-        "youden/a/auc": 0.8, "youden/a/auc/ci_low": 0.7, "youden/a/auc/ci_high": 0.9, "youden/overall/f1/ci_low": 0.1, "youden/overall/f1/ci_high": 0.2,
+        "a/auc": 0.8,
+        "a/auc/ci_low": 0.7,
+        "a/auc/ci_high": 0.9,
+        "overall/f1/ci_low": 0.1,
+        "overall/f1/ci_high": 0.2,
+        "youden/a/auc": 0.8,
+        "youden/a/auc/ci_low": 0.7,
+        "youden/a/auc/ci_high": 0.9,
+        "youden/overall/f1/ci_low": 0.1,
+        "youden/overall/f1/ci_high": 0.2,
     }
 
 
@@ -117,7 +132,9 @@ def write_evaluation(folder: Path, ids: list[str], probs: np.ndarray, labels: np
     metrics.update(split="valid")
     (folder / "metrics.json").write_text(json.dumps(to_jsonable(metrics)))
     spec = types.SimpleNamespace(kind=kind, names=tuple(names), num_outputs=len(names))
-    predictions_frame(Predictions(ids=ids, logits=np.log(probs), probs=probs, labels=labels), spec).to_csv(folder / "predictions.csv", index=False)
+    predictions_frame(Predictions(ids=ids, logits=np.log(probs), probs=probs, labels=labels), spec).to_csv(
+        folder / "predictions.csv", index=False
+    )
     return folder
 
 

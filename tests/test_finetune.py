@@ -62,13 +62,15 @@ def test_init_from_reports_skips_and_frozen_stem_is_bit_identical_after_training
     torch.manual_seed(1)
     before = build_model(tiny_cfg(), 3).state_dict()  # another run's weights: 3 modalities, 3 outputs
     save_checkpoint(tmp_path / "source.pt", model=before)
-    cfg = tiny_cfg(**{
-        "train.epochs": "1",
-        "model.init_from": str(tmp_path / "source.pt"),
-        "model.trainable_blocks": "2",
-        "data.modalities": "[sagittal,coronal]",  # another modality count and ...
-        "data.tasks": "[abnormal,acl]",  # ... another head size
-    })
+    cfg = tiny_cfg(
+        **{
+            "train.epochs": "1",
+            "model.init_from": str(tmp_path / "source.pt"),
+            "model.trainable_blocks": "2",
+            "data.modalities": "[sagittal,coronal]",  # another modality count and ...
+            "data.tasks": "[abnormal,acl]",  # ... another head size
+        }
+    )
     target = train(cfg)
     out = capsys.readouterr().out
     assert "skipped embed.modality: shape (3, 192) in the checkpoint, (2, 192) here" in out

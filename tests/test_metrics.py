@@ -80,12 +80,8 @@ def test_multiclass_overall_matches_sklearn():
     pred = probs.argmax(axis=1)
     overall = res["overall"]
     assert set(overall) == {"auc_macro", "auc_micro", "accuracy", "balanced_accuracy", "f1_macro"}
-    assert overall["auc_macro"]["value"] == pytest.approx(
-        roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12
-    )
-    assert overall["auc_micro"]["value"] == pytest.approx(
-        roc_auc_score(np.eye(3)[labels], probs, average="micro"), abs=1e-12
-    )
+    assert overall["auc_macro"]["value"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12)
+    assert overall["auc_micro"]["value"] == pytest.approx(roc_auc_score(np.eye(3)[labels], probs, average="micro"), abs=1e-12)
     assert overall["accuracy"]["value"] == pytest.approx(accuracy_score(labels, pred))
     assert overall["balanced_accuracy"]["value"] == pytest.approx(balanced_accuracy_score(labels, pred))
     assert overall["f1_macro"]["value"] == pytest.approx(f1_score(labels, pred, average="macro"))

@@ -146,7 +146,9 @@ def test_pretrained_from_local_weights_file(tmp_path):
     import timm
 
     reference = timm.create_model(TINY_BACKBONE, pretrained=False)
-    torch.nn.init.constant_(reference.conv1[0].weight if isinstance(reference.conv1, torch.nn.Sequential) else reference.conv1.weight, 0.125)
+    torch.nn.init.constant_(
+        reference.conv1[0].weight if isinstance(reference.conv1, torch.nn.Sequential) else reference.conv1.weight, 0.125
+    )
     path = tmp_path / "weights.pth"
     torch.save(reference.state_dict(), path)
     model = tiny_model(pretrained=str(path))

@@ -252,7 +252,19 @@ def test_inspect_prints_statistics_and_writes_montages_and_arrays(parotid_root, 
     from transmed.data.inspect import main
 
     config = ROOT / "configs" / "parotid.yaml"
-    main(["--config", str(config), f"data.root={parotid_root}", "data.image_size=32", "--out", str(tmp_path / "inspect"), "--n", "2", "--save-arrays"])
+    main(
+        [
+            "--config",
+            str(config),
+            f"data.root={parotid_root}",
+            "data.image_size=32",
+            "--out",
+            str(tmp_path / "inspect"),
+            "--n",
+            "2",
+            "--save-arrays",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "train" in printed and "test" in printed and "adenoma" in printed
     assert "T1" in printed and "2.00 [2.00..2.00], 2.00 [2.00..2.00], 4.00 [4.00..4.00]" in printed  # T1 spacing, RAS order

@@ -44,7 +44,18 @@ def test_predict_equals_evaluate_for_the_same_study(evaluated, mrnet_root):
 def test_command_prints_and_writes_json(evaluated, mrnet_root, tmp_path, capsys):
     checkpoint, frame = evaluated
     sid = frame.index[1]
-    main(["--checkpoint", str(checkpoint), *inputs(mrnet_root, sid), "--json-out", str(tmp_path / "p.json"), "--threshold", "0.0", "train.device=cpu"])
+    main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            *inputs(mrnet_root, sid),
+            "--json-out",
+            str(tmp_path / "p.json"),
+            "--threshold",
+            "0.0",
+            "train.device=cpu",
+        ]
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "p.json").read_text())
     assert printed["prediction"] == {"abnormal": True, "acl": True, "meniscus": True} and printed["threshold"] == 0.0

@@ -23,7 +23,9 @@ def learned(mrnet_root, tmp_path_factory):
     from transmed.config import load_config
     from transmed.engine import train
 
-    overrides = tiny_overrides(mrnet_root, tmp_path_factory.mktemp("runs"), **{"run_name": "robust", "train.epochs": "6", "train.lr": "1e-3"})
+    overrides = tiny_overrides(
+        mrnet_root, tmp_path_factory.mktemp("runs"), **{"run_name": "robust", "train.epochs": "6", "train.lr": "1e-3"}
+    )
     run = train(load_config(None, overrides))
     assert json.loads((run / "summary.json").read_text())["last"]["val/auc"] > 0.65
     return run / "checkpoints" / "last.pt"  # the most trained; an early "best" can be saturated

@@ -35,10 +35,14 @@ def _train_cmd(root, out, **extra) -> list[str]:
 def test_kill_and_resume_equals_uninterrupted(mrnet_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     extra = {"train.epochs": "3", "run_name": "r"}
-    full = subprocess.run(_train_cmd(mrnet_root, tmp_path / "full", **extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    full = subprocess.run(
+        _train_cmd(mrnet_root, tmp_path / "full", **extra), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert full.returncode == 0, full.stderr[-2000:]
 
-    proc = subprocess.Popen(_train_cmd(mrnet_root, tmp_path / "killed", **extra), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(mrnet_root, tmp_path / "killed", **extra), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = tmp_path / "killed" / "r" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -50,7 +54,14 @@ def test_kill_and_resume_equals_uninterrupted(mrnet_root, tmp_path):
     killed_epochs = [row["epoch"] for row in _metrics(tmp_path / "killed" / "r")]
     assert killed_epochs and killed_epochs[-1] < 3, "the kill came too late to test resuming"
 
-    resumed = subprocess.run(_train_cmd(mrnet_root, tmp_path / "killed", **extra, **{"train.resume": "auto"}), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _train_cmd(mrnet_root, tmp_path / "killed", **extra, **{"train.resume": "auto"}),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     got, want = _metrics(tmp_path / "killed" / "r"), _metrics(tmp_path / "full" / "r")
     assert [row["epoch"] for row in got] == [1, 2, 3]
@@ -80,7 +91,9 @@ def test_malicious_checkpoint_is_refused_without_running(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
         load_checkpoint(path)
     assert not marker.exists()
-    result = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", "--checkpoint", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1 and "refusing to load" in result.stderr and not marker.exists()
 
 

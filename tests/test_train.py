@@ -81,13 +81,18 @@ def test_existing_run_is_never_overwritten(trained_run, mrnet_root):
 
 def test_train_and_evaluate_commands(mrnet_root, tmp_path):
     args = tiny_overrides(mrnet_root, tmp_path, **{"train.epochs": "1", "wandb.mode": "offline"})
-    result = subprocess.run([sys.executable, "train.py", "--config", "configs/demo.yaml", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.yaml", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "tiny"
     assert list((run / "wandb").glob("offline-run-*")), "W&B offline files belong in the run dir"
     result = subprocess.run(
         [sys.executable, "evaluate.py", "--checkpoint", str(run / "checkpoints/best.pt"), "--bootstrap", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run / "eval-valid" / "metrics.json").is_file()

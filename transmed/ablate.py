@@ -177,14 +177,26 @@ def _markdown(frame: pd.DataFrame) -> str:
 def write_comparison(frame: pd.DataFrame, ablation: Ablation, overrides: Sequence[str], out_dir: Path) -> None:
     """comparison.csv (all columns), comparison.md (readable table) and comparison.png (val/auc with intervals)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["run", *ablation.keys, "status", "best_epoch", "val/auc", "val/auc_ci_low", "val/auc_ci_high", "params/total", "params/trainable", "sec/epoch"]
+    columns = [
+        "run",
+        *ablation.keys,
+        "status",
+        "best_epoch",
+        "val/auc",
+        "val/auc_ci_low",
+        "val/auc_ci_high",
+        "params/total",
+        "params/trainable",
+        "sec/epoch",
+    ]
     frame = frame.reindex(columns=columns).astype({"best_epoch": "Int64", "params/total": "Int64", "params/trainable": "Int64"})
     frame.to_csv(out_dir / "comparison.csv", index=False)
 
     ok = frame["status"] == "ok"
     table = frame[["run", *ablation.keys]].copy()
     table["val/auc [95% CI]"] = [
-        f"{r['val/auc']:.3f} [{r['val/auc_ci_low']:.3f}, {r['val/auc_ci_high']:.3f}]" if good else "" for good, (_, r) in zip(ok, frame.iterrows())
+        f"{r['val/auc']:.3f} [{r['val/auc_ci_low']:.3f}, {r['val/auc_ci_high']:.3f}]" if good else ""
+        for good, (_, r) in zip(ok, frame.iterrows())
     ]
     table["best epoch"] = frame["best_epoch"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     table["params/trainable"] = frame["params/trainable"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")

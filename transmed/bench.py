@@ -95,12 +95,31 @@ def make_plan(mode: str, device: torch.device) -> Plan:
         return Plan("smoke", (tiny,), tiny, (3, 5), (1, 2), warmup=0, rounds=1, fusion_rounds=1, data_studies=3, data_disk_size=32)
     if mode == "quick":
         return Plan(
-            "quick", (cpu,), replace(cpu, name="cpu-scaling", slices=16, batch=1, backbone="test_resnet"), (8, 16, 32, 64), (1, 2, 3, 4),
-            warmup=1, rounds=2, fusion_rounds=4, data_studies=8, compile=cuda,
+            "quick",
+            (cpu,),
+            replace(cpu, name="cpu-scaling", slices=16, batch=1, backbone="test_resnet"),
+            (8, 16, 32, 64),
+            (1, 2, 3, 4),
+            warmup=1,
+            rounds=2,
+            fusion_rounds=4,
+            data_studies=8,
+            compile=cuda,
             skipped=("knee shape: full run only",) + (() if cuda else ("torch.compile: full run only on CPU (compiling takes minutes)",)),
         )
-    return Plan("full", (cpu, knee), replace(cpu, name="cpu-scaling", slices=16, batch=1), (8, 16, 32, 64), (1, 2, 3, 4),
-                warmup=2, rounds=5, fusion_rounds=7, data_studies=32, data_workers=(0, 2), compile=True)
+    return Plan(
+        "full",
+        (cpu, knee),
+        replace(cpu, name="cpu-scaling", slices=16, batch=1),
+        (8, 16, 32, 64),
+        (1, 2, 3, 4),
+        warmup=2,
+        rounds=5,
+        fusion_rounds=7,
+        data_studies=32,
+        data_workers=(0, 2),
+        compile=True,
+    )
 
 
 # ---------------------------------------------------------------- measuring
@@ -378,8 +397,11 @@ def bench_fusion(plan: Plan, device: torch.device, log: Callable[[str], None]) -
             no_encoder_cfg = bench_config(shape, device, {"model.name": name, "model.depth": 0})
             full = _model(cfg, device)
             stem, images = stem_step(full, cfg, inputs, device, amp)
-            steps = {"stem": stem, "no_encoder": train_step(_model(no_encoder_cfg, device), no_encoder_cfg, inputs, device, amp),
-                     "full": train_step(full, cfg, inputs, device, amp)}
+            steps = {
+                "stem": stem,
+                "no_encoder": train_step(_model(no_encoder_cfg, device), no_encoder_cfg, inputs, device, amp),
+                "full": train_step(full, cfg, inputs, device, amp),
+            }
             info = dict(shape=shape.name, model=name, precision=_precision(amp), slice_images=images)
             log(f"fusion: {shape.label}, {name}")
             flops = {part: count_flops(step) for part, step in steps.items()}  # doubles as the warm-up step
@@ -420,13 +442,27 @@ def bench_scaling(plan: Plan, device: torch.device, log: Callable[[str], None]) 
         model = _model(cfg, device)
         stem, images = stem_step(model, cfg, inputs, device, amp)
         groups = images // (shape.batch * modalities)
-        info = dict(shape=base.name, slices=slices, modalities=modalities, precision=_precision(amp), slice_images=images,
-                    tokens=1 + modalities * groups * model.tokenizer.grid_size**2)
+        info = dict(
+            shape=base.name,
+            slices=slices,
+            modalities=modalities,
+            precision=_precision(amp),
+            slice_images=images,
+            tokens=1 + modalities * groups * model.tokenizer.grid_size**2,
+        )
         log(f"scaling: {slices} slices x {modalities} modalities")
         cases = [Case(info, stem, shape.batch), Case(info, train_step(model, cfg, inputs, device, amp), shape.batch)]
         stem_row, full_row = measure(cases, device, plan)
-        rows.append(dict(info, stem_ms=stem_row["ms"], full_ms=full_row["ms"], ratio=full_row["ms"] / stem_row["ms"],
-                         stem_peak_mib=stem_row["peak_mib"], full_peak_mib=full_row["peak_mib"]))
+        rows.append(
+            dict(
+                info,
+                stem_ms=stem_row["ms"],
+                full_ms=full_row["ms"],
+                ratio=full_row["ms"] / stem_row["ms"],
+                stem_peak_mib=stem_row["peak_mib"],
+                full_peak_mib=full_row["peak_mib"],
+            )
+        )
     return rows
 
 
@@ -473,15 +509,29 @@ def bench_data(plan: Plan, device: torch.device, throughput: Sequence[dict], log
             root = generate_mrnet(Path(tmp) / "data", plan.data_studies, 1, plan.data_disk_size, shape.slices, shape.slices, seed=0)
             for workers in plan.data_workers:
                 log(f"data: {shape.label}, {workers} workers")
-                overrides = {"data.format": "mrnet", "data.root": root, "data.image_size": shape.image_size, "data.num_workers": workers,
-                             "train.batch_size": shape.batch, "train.device": device.type}
+                overrides = {
+                    "data.format": "mrnet",
+                    "data.root": root,
+                    "data.image_size": shape.image_size,
+                    "data.num_workers": workers,
+                    "train.batch_size": shape.batch,
+                    "train.device": device.type,
+                }
                 for loader, seconds in _loader_seconds(overrides, Path(tmp) / f"cache-{workers}").items():
                     rate = plan.data_studies / seconds
-                    rows.append(dict(
-                        shape=shape.name, loader=loader, workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                        disk_size=plan.data_disk_size, studies_per_s=rate, consumed=consumed,
-                        vs_train=rate / consumed if consumed else None,
-                    ))
+                    rows.append(
+                        dict(
+                            shape=shape.name,
+                            loader=loader,
+                            workers=workers,
+                            pin_memory=device.type == "cuda",
+                            persistent_workers=workers > 0,
+                            disk_size=plan.data_disk_size,
+                            studies_per_s=rate,
+                            consumed=consumed,
+                            vs_train=rate / consumed if consumed else None,
+                        )
+                    )
     return rows
 
 
@@ -659,8 +709,11 @@ def render_run(result: dict) -> list[str]:
         f"torch {m['torch']} ({m['torch_threads']} CPU thread{'s' if m['torch_threads'] != 1 else ''}), "
         f"timm {m['timm']}, monai {m['monai']}, "
         f"Python {m['python']}, {m['platform']}. 1-minute load average {load[0]:.1f} at the start, {load_end[0]:.1f} at the end"
-        + (f": above the {m['cpu_cores']} cores, so other processes shared them and the timings are slower and noisier than idle."
-           if shared else f" ({m['cpu_cores']} cores)."),
+        + (
+            f": above the {m['cpu_cores']} cores, so other processes shared them and the timings are slower and noisier than idle."
+            if shared
+            else f" ({m['cpu_cores']} cores)."
+        ),
         "",
         "Shapes: " + "; ".join(_shape_line(result, name) for name in result["shapes"]) + ".",
         f"Times are the fastest of interleaved rounds; peak memory (MiB) is the {result['memory_method']}.",
@@ -677,8 +730,16 @@ def render_run(result: dict) -> list[str]:
     body = []
     for (shape, model, precision), parts in by_key.items():
         train, infer = parts.get("train", {}), parts.get("infer", {})
-        cells = [shape, model, _num(parts["params_m"]), precision, _num(train.get("studies_per_s"), 2), _num(train.get("peak_mib"), 0),
-                 _num(infer.get("studies_per_s"), 2), _num(infer.get("peak_mib"), 0)]
+        cells = [
+            shape,
+            model,
+            _num(parts["params_m"]),
+            precision,
+            _num(train.get("studies_per_s"), 2),
+            _num(train.get("peak_mib"), 0),
+            _num(infer.get("studies_per_s"), 2),
+            _num(infer.get("peak_mib"), 0),
+        ]
         if cuda:
             cells.append(_num(train.get("total_mib"), 0))
         body.append(cells)
@@ -694,12 +755,37 @@ def render_run(result: dict) -> list[str]:
         "",
     ]
     lines += _table(
-        ["shape", "model", "precision", "slice-images/step", "stem ms", "no encoder ms", "TransMed ms", "ratio", "CPU-time ratio",
-         "FLOP ratio", "stem peak MiB", "TransMed peak MiB"],
-        [[r["shape"], r["model"], r["precision"], str(r["slice_images"]), _num(r["stem_ms"], 0), _num(r["no_encoder_ms"], 0),
-          _num(r["full_ms"], 0), f"**{r['ratio']:.3f}**", _num(r.get("cpu_ratio"), 3), f"{r['flop_ratio']:.3f}",
-          _num(r["stem_peak_mib"], 0), _num(r["full_peak_mib"], 0)]
-         for r in result["fusion"]],
+        [
+            "shape",
+            "model",
+            "precision",
+            "slice-images/step",
+            "stem ms",
+            "no encoder ms",
+            "TransMed ms",
+            "ratio",
+            "CPU-time ratio",
+            "FLOP ratio",
+            "stem peak MiB",
+            "TransMed peak MiB",
+        ],
+        [
+            [
+                r["shape"],
+                r["model"],
+                r["precision"],
+                str(r["slice_images"]),
+                _num(r["stem_ms"], 0),
+                _num(r["no_encoder_ms"], 0),
+                _num(r["full_ms"], 0),
+                f"**{r['ratio']:.3f}**",
+                _num(r.get("cpu_ratio"), 3),
+                f"{r['flop_ratio']:.3f}",
+                _num(r["stem_peak_mib"], 0),
+                _num(r["full_peak_mib"], 0),
+            ]
+            for r in result["fusion"]
+        ],
     )
     lines += [""] + [f"- {fusion_note(r, shared)}" for r in result["fusion"]]
     lines += [
@@ -711,11 +797,33 @@ def render_run(result: dict) -> list[str]:
         "",
     ]
     lines += _table(
-        ["shape", "slices", "modalities", "slice-images/step", "tokens/study", "stem ms", "TransMed ms", "ratio", "stem peak MiB",
-         "TransMed peak MiB"],
-        [[r["shape"], str(r["slices"]), str(r["modalities"]), str(r["slice_images"]), str(r["tokens"]), _num(r["stem_ms"], 0),
-          _num(r["full_ms"], 0),
-          f"{r['ratio']:.3f}", _num(r["stem_peak_mib"], 0), _num(r["full_peak_mib"], 0)] for r in result["scaling"]],
+        [
+            "shape",
+            "slices",
+            "modalities",
+            "slice-images/step",
+            "tokens/study",
+            "stem ms",
+            "TransMed ms",
+            "ratio",
+            "stem peak MiB",
+            "TransMed peak MiB",
+        ],
+        [
+            [
+                r["shape"],
+                str(r["slices"]),
+                str(r["modalities"]),
+                str(r["slice_images"]),
+                str(r["tokens"]),
+                _num(r["stem_ms"], 0),
+                _num(r["full_ms"], 0),
+                f"{r['ratio']:.3f}",
+                _num(r["stem_peak_mib"], 0),
+                _num(r["full_peak_mib"], 0),
+            ]
+            for r in result["scaling"]
+        ],
     )
     disk = "/".join(sorted({f"{r['disk_size']}²" for r in result["data"]}))
     lines += [
@@ -730,8 +838,18 @@ def render_run(result: dict) -> list[str]:
     ]
     lines += _table(
         ["shape", "loader", "workers", "pinned", "persistent workers", "studies/s", "x train"],
-        [[r["shape"], r["loader"], str(r["workers"]), "yes" if r["pin_memory"] else "no", "yes" if r["persistent_workers"] else "no",
-          _num(r["studies_per_s"], 1), _num(r["vs_train"], 1)] for r in result["data"]],
+        [
+            [
+                r["shape"],
+                r["loader"],
+                str(r["workers"]),
+                "yes" if r["pin_memory"] else "no",
+                "yes" if r["persistent_workers"] else "no",
+                _num(r["studies_per_s"], 1),
+                _num(r["vs_train"], 1),
+            ]
+            for r in result["data"]
+        ],
     )
     lines += [
         "",
@@ -745,8 +863,10 @@ def render_run(result: dict) -> list[str]:
     ]
     lines += _table(
         ["shape", "switch", "studies/s", "speed-up", "peak MiB", "memory vs default"],
-        [[r["shape"], r["path"], _num(r["studies_per_s"], 2), f"{r['speedup']:.2f}x", _num(r["peak_mib"], 0), _num(r["memory_ratio"], 2)]
-         for r in result["fast_paths"]],
+        [
+            [r["shape"], r["path"], _num(r["studies_per_s"], 2), f"{r['speedup']:.2f}x", _num(r["peak_mib"], 0), _num(r["memory_ratio"], 2)]
+            for r in result["fast_paths"]
+        ],
     )
     if result["skipped"]:
         lines += ["", "Not measured in this run: " + "; ".join(result["skipped"]) + "."]

@@ -13,7 +13,15 @@ from .engine.trainer import NonFiniteLossError, RunExistsError
 from .evaluation.evaluate import ResultExistsError
 from .models.stem import PretrainedWeightsUnavailable
 
-EXPECTED = (DataError, PretrainedWeightsUnavailable, UnsafeCheckpointError, RunExistsError, ResultExistsError, NonFiniteLossError, FileNotFoundError)
+EXPECTED = (
+    DataError,
+    PretrainedWeightsUnavailable,
+    UnsafeCheckpointError,
+    RunExistsError,
+    ResultExistsError,
+    NonFiniteLossError,
+    FileNotFoundError,
+)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -33,7 +33,9 @@ def check_folds(cfg: DictConfig) -> None:
             f"(its train/valid split is fixed); use one of {list(FOLD_FORMATS)}"
         )
     if "split" in read_labels(cfg.data.root, cfg.data.label_column).columns:
-        raise ConfigError(f"cross-validation needs folds, but {cfg.data.root}/labels.csv has a split column, which fixes the validation set")
+        raise ConfigError(
+            f"cross-validation needs folds, but {cfg.data.root}/labels.csv has a split column, which fixes the validation set"
+        )
     if cfg.data.num_folds < 2:
         raise ConfigError(f"invalid value for config key 'data.num_folds': {cfg.data.num_folds}; cross-validation needs at least 2")
 
@@ -61,7 +63,9 @@ def summarize_folds(run_dirs: Sequence[Path]) -> dict[str, Any]:
     folds = []
     for k, run_dir in enumerate(run_dirs):
         best = json.loads((Path(run_dir) / "summary.json").read_text())["best"]
-        folds.append({"fold": k, "run_dir": str(run_dir), "epoch": best["epoch"], **{key: v for key, v in best.items() if key.startswith("val/")}})
+        folds.append(
+            {"fold": k, "run_dir": str(run_dir), "epoch": best["epoch"], **{key: v for key, v in best.items() if key.startswith("val/")}}
+        )
     keys = [key for key in folds[0] if key.startswith("val/")]
     mean, std = {}, {}
     for key in keys:

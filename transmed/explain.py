@@ -20,7 +20,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--study", required=True, help="study id as in the manifest (e.g. 0200)")
     parser.add_argument("--split", default=None, help="split holding the study (default: searched in valid, test, train)")
     parser.add_argument("--out", default=None, help="output folder (default: {run dir}/explain-{study})")
-    parser.add_argument("--target", action="append", default=None, help="task or class to explain with Grad-CAM (repeatable; default: every task, or the predicted class)")
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=None,
+        help="task or class to explain with Grad-CAM (repeatable; default: every task, or the predicted class)",
+    )
     add_overrides(parser)
     args = parser.parse_args(argv)
     try:

@@ -31,7 +31,9 @@ def split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("items", nargs="+", metavar="INPUT", help="one file or DICOM folder per modality, then optional key=value overrides")
+    parser.add_argument(
+        "items", nargs="+", metavar="INPUT", help="one file or DICOM folder per modality, then optional key=value overrides"
+    )
     parser.add_argument("--id", default=None, help="study id in the output (default: the first input's name)")
     parser.add_argument("--threshold", type=float, default=0.5, help="multilabel decision threshold (default 0.5)")
     parser.add_argument("--json-out", default=None, help="also write the JSON to this file")

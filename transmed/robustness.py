@@ -35,8 +35,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--zeta must be positive")
     try:
         out = run_robustness(
-            args.checkpoint, zeta=args.zeta, norm=args.norm, source=args.source, target=args.target, split=args.split, out=args.out,
-            overrides=args.overrides, step=args.step, max_iter=args.max_iter, delta=args.delta, random_trials=args.random_trials,
+            args.checkpoint,
+            zeta=args.zeta,
+            norm=args.norm,
+            source=args.source,
+            target=args.target,
+            split=args.split,
+            out=args.out,
+            overrides=args.overrides,
+            step=args.step,
+            max_iter=args.max_iter,
+            delta=args.delta,
+            random_trials=args.random_trials,
         )
     except UnsupportedRequest as err:
         parser.error(str(err))

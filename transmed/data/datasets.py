@@ -222,7 +222,9 @@ def report_skipped(path: str | Path, *datasets: Dataset) -> list[dict]:
     return skipped
 
 
-def build_loader(cfg: DictConfig, dataset: Dataset, train: bool, sampler: Optional[Sampler] = None, generator: Optional[torch.Generator] = None) -> DataLoader:
+def build_loader(
+    cfg: DictConfig, dataset: Dataset, train: bool, sampler: Optional[Sampler] = None, generator: Optional[torch.Generator] = None
+) -> DataLoader:
     """MONAI's DataLoader (it reseeds random transforms per worker); `generator` fixes the data order."""
     workers = cfg.data.num_workers
     return DataLoader(

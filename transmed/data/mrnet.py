@@ -38,7 +38,9 @@ def _read_labels(path: Path, on_error: OnError) -> tuple[dict[str, int], set[str
     return {sid: v for sid, v in labels.items() if sid not in bad}, bad
 
 
-def read_mrnet_manifest(root: str | Path, split: str, planes: Sequence[str], tasks: Sequence[str], on_error: Optional[OnError] = None) -> list[dict]:
+def read_mrnet_manifest(
+    root: str | Path, split: str, planes: Sequence[str], tasks: Sequence[str], on_error: Optional[OnError] = None
+) -> list[dict]:
     """One dict per exam of MRNet's `split`: `id`, one `.npy` path per plane, `label` (float32, one entry per task).
 
     Every labelled exam must have a file for every plane and every file must have labels: a mismatch
@@ -92,7 +94,9 @@ def read_mrnet(
     and `test` is MRNet's valid."""
     if val_fraction is None:
         if split not in MRNET_SPLITS:
-            raise DataError(f"the MRNet layout has splits 'train' and 'valid', not {split!r}; set data.val_fraction to use MRNet's valid as test")
+            raise DataError(
+                f"the MRNet layout has splits 'train' and 'valid', not {split!r}; set data.val_fraction to use MRNet's valid as test"
+            )
         return read_mrnet_manifest(root, split, planes, tasks, on_error)
     if split == "test":
         return read_mrnet_manifest(root, "valid", planes, tasks, on_error)

@@ -92,7 +92,9 @@ def modality_file(folder: Path, modality: str) -> list[Path]:
     return [p for p in found if p.is_file()] + ([folder / modality] if (folder / modality).is_dir() else [])
 
 
-def _assign_splits(frame: pd.DataFrame, labels: dict[str, int], num_folds: int, fold: int, seed: int, on_error: OnError, source: str) -> dict[str, str]:
+def _assign_splits(
+    frame: pd.DataFrame, labels: dict[str, int], num_folds: int, fold: int, seed: int, on_error: OnError, source: str
+) -> dict[str, str]:
     """Patient id -> split, for the patients with a usable label."""
     ids = [pid for pid in frame["patient_id"] if pid in labels]
     if "split" in frame.columns:

@@ -116,7 +116,9 @@ _SIGNAL = {"soft": (0.45, 0.35), "gland": (0.85, 0.5), "adenoma": (0.25, 1.0), "
 _SCALE = {"T1": 600.0, "T2": 900.0}
 
 
-def grid_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float], center: np.ndarray, angle_deg: float = 0.0, flip_x: bool = False) -> np.ndarray:
+def grid_affine(
+    shape: tuple[int, int, int], spacing: tuple[float, float, float], center: np.ndarray, angle_deg: float = 0.0, flip_x: bool = False
+) -> np.ndarray:
     """Voxel -> world (RAS mm) affine of a grid centred on `center`, rotated about z, optionally stored right-to-left."""
     a = np.radians(angle_deg)
     rotation = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])

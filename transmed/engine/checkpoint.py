@@ -24,7 +24,12 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -57,7 +62,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-
 def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
     """Writes the checkpoint's model weights as safetensors, with its config as JSON metadata."""
     import json
@@ -65,7 +69,12 @@ def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
     from safetensors.torch import save_file
 
     ckpt = load_checkpoint(checkpoint)
-    metadata = {"format": FORMAT, "config": json.dumps(ckpt["config"]), "label_spec": json.dumps(ckpt["label_spec"]), "epoch": str(ckpt["epoch"])}
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(ckpt["config"]),
+        "label_spec": json.dumps(ckpt["label_spec"]),
+        "epoch": str(ckpt["epoch"]),
+    }
     out = Path(out)
     save_file({k: v.contiguous() for k, v in ckpt["model"].items()}, str(out), metadata=metadata)
     return out

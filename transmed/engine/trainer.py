@@ -76,7 +76,11 @@ def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     lr = cfg.train.lr
     return torch.optim.AdamW(
         [
-            {"params": params, "lr": lr * (cfg.train.backbone_lr_mult if is_stem else 1.0), "weight_decay": cfg.train.weight_decay if decay else 0.0}
+            {
+                "params": params,
+                "lr": lr * (cfg.train.backbone_lr_mult if is_stem else 1.0),
+                "weight_decay": cfg.train.weight_decay if decay else 0.0,
+            }
             for (is_stem, decay), params in groups.items()
         ]
     )
@@ -118,13 +122,19 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, spec, device
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=not show_progress)
     for step, batch in enumerate(bar):
-        x, mask, y = batch["x"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True), targets(batch["label"], spec, device)
+        x, mask, y = (
+            batch["x"].to(device, non_blocking=True),
+            batch["mask"].to(device, non_blocking=True),
+            targets(batch["label"], spec, device),
+        )
         if cfg.train.modality_dropout:
             mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
         with autocast(device, cfg.train.amp):
             loss = criterion(model(x, mask).float(), y)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch}, step {step}, studies {batch['id']}; the last good checkpoint is kept")
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {epoch}, step {step}, studies {batch['id']}; the last good checkpoint is kept"
+            )
         (loss / accumulate).backward()
         if (step + 1) % accumulate == 0 or step + 1 == len(loader):
             if cfg.train.grad_clip:
@@ -179,7 +189,10 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
     scheduler = warmup_cosine(optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
-    params = {"total": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    params = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
     start_epoch, best, wandb_id = 1, None, None
     checkpoint = resume_path(cfg, run_dir)
@@ -233,7 +246,14 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             continue
         val_loss = split_loss(criterion, val, spec)
         aucs = point_aucs(val.probs, val.labels, spec.names, spec.kind)
-        last = {"epoch": epoch, "train/loss": train_loss, "val/loss": val_loss, "val/auc": aucs["mean"], "sec/epoch": seconds, "lr": scheduler.get_last_lr()[0]}
+        last = {
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "val/loss": val_loss,
+            "val/auc": aucs["mean"],
+            "sec/epoch": seconds,
+            "lr": scheduler.get_last_lr()[0],
+        }
         last.update({f"val/auc/{name}": aucs[name] for name in spec.names})
         logger.log_epoch(last)
         tqdm.write(f"epoch {epoch}: train/loss {train_loss:.4f}  val/loss {val_loss:.4f}  val/auc {aucs['mean']:.4f}  ({seconds:.1f}s)")

@@ -64,7 +64,9 @@ def predictions_frame(preds: Predictions, spec: LabelSpec) -> pd.DataFrame:
     return frame
 
 
-def evaluate_checkpoint(checkpoint: str | Path, split: str = "valid", out: Optional[str | Path] = None, overrides: Sequence[str] = (), n_bootstrap: int = 1000) -> Path:
+def evaluate_checkpoint(
+    checkpoint: str | Path, split: str = "valid", out: Optional[str | Path] = None, overrides: Sequence[str] = (), n_bootstrap: int = 1000
+) -> Path:
     """Writes metrics.json, predictions.csv, roc/pr/confusion/calibration PNGs; returns the output folder.
 
     Thresholds are 0.5, plus (when evaluating `test`) the Youden thresholds chosen on `valid`.
@@ -82,7 +84,9 @@ def evaluate_checkpoint(checkpoint: str | Path, split: str = "valid", out: Optio
     if split == "test" and spec.kind == "multilabel":
         val = predict_split(model, cfg, spec, "valid")
         youden = youden_thresholds(val.probs, val.labels, names, spec.kind)
-        metrics["youden"] = compute_metrics(preds.probs, preds.labels, names, spec.kind, thresholds=youden, n_bootstrap=n_bootstrap, seed=cfg.seed)
+        metrics["youden"] = compute_metrics(
+            preds.probs, preds.labels, names, spec.kind, thresholds=youden, n_bootstrap=n_bootstrap, seed=cfg.seed
+        )
         metrics["thresholds_youden_from_valid"] = youden
     metrics.update(split=split, checkpoint=str(checkpoint), epoch=ckpt["epoch"])
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +139,10 @@ def log_evaluation_run(out: Path, cfg: DictConfig, metrics: dict, training_run_i
         name=f"{cfg.run_name}-eval-{split}",
         job_type="eval",
         dir=str(out),
-        config={**to_dict(cfg), "eval": {"split": split, "checkpoint": metrics["checkpoint"], "epoch": metrics["epoch"], "training_run_id": training_run_id}},
+        config={
+            **to_dict(cfg),
+            "eval": {"split": split, "checkpoint": metrics["checkpoint"], "epoch": metrics["epoch"], "training_run_id": training_run_id},
+        },
         reinit="finish_previous",
     )
     try:

@@ -131,7 +131,9 @@ def explain_study(
     """
     model, cfg, spec, _ = load_trained(checkpoint, overrides)
     if not isinstance(model, TransMed):
-        raise UnsupportedRequest(f"explain needs a TransMed model (attention and a CNN stem); model.name {cfg.model.name} is a {type(model).__name__}")
+        raise UnsupportedRequest(
+            f"explain needs a TransMed model (attention and a CNN stem); model.name {cfg.model.name} is a {type(model).__name__}"
+        )
     item, split = find_study(cfg, str(study_id), split)
     out = Path(out) if out is not None else Path(checkpoint).resolve().parent.parent / f"explain-{item['id']}"
     batch = next(iter(study_loader(cfg, [item])))
@@ -159,7 +161,9 @@ def explain_study(
     stacks = [x[0, i, : counts[i]].cpu().numpy() for i in range(m)]
     attention = {mod: slice_relevance[i, : counts[i]].numpy() for i, mod in enumerate(modalities)}
     title = f"study {item['id']} ({split}): " + ", ".join(f"{n} {p:.2f}" for n, p in zip(spec.names, probs.tolist()))
-    draw_montage(stacks, modalities, attention, None, f"Attention rollout (class token), {title}", "share of relevance", out / "attention.png")
+    draw_montage(
+        stacks, modalities, attention, None, f"Attention rollout (class token), {title}", "share of relevance", out / "attention.png"
+    )
     report: dict = {
         "id": item["id"],
         "split": split,
@@ -170,7 +174,9 @@ def explain_study(
     for target, cam in zip(targets, slice_cams):
         per_slice = {mod: cam[i, : counts[i]].mean(dim=(1, 2)).numpy() for i, mod in enumerate(modalities)}
         overlays = [cam[i, : counts[i]].numpy() for i in range(m)]
-        draw_montage(stacks, modalities, per_slice, overlays, f"Grad-CAM of {target}, {title}", "mean Grad-CAM", out / f"gradcam-{target}.png")
+        draw_montage(
+            stacks, modalities, per_slice, overlays, f"Grad-CAM of {target}, {title}", "mean Grad-CAM", out / f"gradcam-{target}.png"
+        )
         report["gradcam"][target] = {mod: v.tolist() for mod, v in per_slice.items()}
     write_json(out / "explain.json", report)
     return out

@@ -33,9 +33,7 @@ METRICS = (
 ECE_BINS = 10  # bins of the per-task "ece" metric
 
 
-def binary_targets(
-    probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str
-) -> tuple[np.ndarray, np.ndarray]:
+def binary_targets(probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Validates inputs and returns ``(scores, targets)``, both (N, K): one binary task per column.
 
     For ``"multiclass"`` the targets are the one-hot class indicators (one-vs-rest).
@@ -69,9 +67,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(_ece(p, np.asarray(labels).astype(bool), np.ones((1, p.size)), n_bins)[0])
 
 
-def calibration_curve(
-    probs: np.ndarray, labels: np.ndarray, n_bins: int = 10
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def calibration_curve(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin: ``(mean_prob, fraction_positive, count)``; NaN for empty bins.
 
     Uses the same binning as `expected_calibration_error`.
@@ -140,9 +136,7 @@ def compute_metrics(
         point[name] = {m: v[0] for m, v in unit.items()}
         boot[name] = _binary_metrics(scores[:, j], y, preds[:, j], weights[j])
         if y.all() or not y.any():
-            warnings.warn(
-                f"task {name!r} has only one class in labels; auc and average_precision are NaN", UserWarning
-            )
+            warnings.warn(f"task {name!r} has only one class in labels; auc and average_precision are NaN", UserWarning)
             for m in ("auc", "average_precision"):
                 point[name][m] = np.nan
                 boot[name][m] = np.full(n_bootstrap, np.nan)

@@ -60,8 +60,12 @@ def plot_roc(
         ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="chance")
     _finish(
-        fig, ax, path, "ROC curves (95% bootstrap band)",
-        "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
+        fig,
+        ax,
+        path,
+        "ROC curves (95% bootstrap band)",
+        "False positive rate (1 - specificity)",
+        "True positive rate (sensitivity)",
     )
 
 
@@ -108,9 +112,7 @@ def plot_confusion(
     _save(fig, path)
 
 
-def plot_calibration(
-    probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str, path: str | Path, n_bins: int = 10
-) -> None:
+def plot_calibration(probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str, path: str | Path, n_bins: int = 10) -> None:
     """Reliability diagram per task/class (one-vs-rest for multiclass): fraction positive
     against mean predicted probability in equal-width bins, with the diagonal and ECE."""
     scores, targets = binary_targets(probs, labels, names, kind)

@@ -271,7 +271,10 @@ def run_robustness(
     clean = predict_with(model, spec, evaluation)
     attacked = predict_with(model, spec, evaluation, uap.perturbation)
     generator = torch.Generator().manual_seed(seed + 1)
-    controls = [predict_with(model, spec, evaluation, random_perturbation(uap.perturbation.shape, uap.radius, norm, generator)) for _ in range(random_trials)]
+    controls = [
+        predict_with(model, spec, evaluation, random_perturbation(uap.perturbation.shape, uap.radius, norm, generator))
+        for _ in range(random_trials)
+    ]
     result: dict = {
         "fooling_rate": success_rate(clean, attacked, spec),
         "random_fooling_rate": float(np.mean([success_rate(clean, c, spec) for c in controls])),
@@ -284,9 +287,21 @@ def run_robustness(
         mean_auc = lambda p: point_aucs(p.probs, clean.labels, spec.names, spec.kind)["mean"]  # noqa: E731
         result["auc"] = {"clean": mean_auc(clean), "uap": mean_auc(attacked), "random": float(np.mean([mean_auc(c) for c in controls]))}
     result["settings"] = {
-        "zeta": zeta, "norm": norm, "source": str(source), "target": target, "split": split, "checkpoint": str(checkpoint),
-        "radius": uap.radius, "mean_input_norm": uap.mean_input_norm, "step": step, "max_iter": max_iter, "delta": delta,
-        "passes": uap.passes, "crafting_rate": uap.crafting_rate, "random_trials": random_trials, "seed": seed,
+        "zeta": zeta,
+        "norm": norm,
+        "source": str(source),
+        "target": target,
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "radius": uap.radius,
+        "mean_input_norm": uap.mean_input_norm,
+        "step": step,
+        "max_iter": max_iter,
+        "delta": delta,
+        "passes": uap.passes,
+        "crafting_rate": uap.crafting_rate,
+        "random_trials": random_trials,
+        "seed": seed,
         "n_eval": len(clean.ids),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,12 @@ class LateFusion(nn.Module):
         self.stem = CNNStem(backbone, pretrained, stem_stage)
         width, hidden = num_modalities * self.stem.out_channels, VARIANTS[variant]["dim"]
         self.head = nn.Sequential(
-            nn.LayerNorm(width), nn.Dropout(dropout), nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_outputs)
+            nn.LayerNorm(width),
+            nn.Dropout(dropout),
+            nn.Linear(width, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_outputs),
         )
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -185,8 +190,12 @@ class CNN3D(nn.Module):
             self.net = resnet10(spatial_dims=3, n_input_channels=num_modalities, num_classes=num_outputs, widen_factor=width)
         elif net == "densenet121":
             self.net = DenseNet121(
-                spatial_dims=3, in_channels=num_modalities, out_channels=num_outputs,
-                init_features=int(64 * width), growth_rate=int(32 * width), dropout_prob=dropout,
+                spatial_dims=3,
+                in_channels=num_modalities,
+                out_channels=num_outputs,
+                init_features=int(64 * width),
+                growth_rate=int(32 * width),
+                dropout_prob=dropout,
             )
         else:
             raise ValueError(f"unknown 3D network {net!r}; expected 'resnet10' or 'densenet121'")
@@ -200,7 +209,9 @@ class CNN3D(nn.Module):
             for j in range(m):
                 real = x[i, j][mask[i, j]]
                 if real.shape[0]:
-                    resized = F.interpolate(rearrange(real, "s h w -> 1 1 s h w"), size=(self.num_slices, h, w), mode="trilinear", align_corners=False)
+                    resized = F.interpolate(
+                        rearrange(real, "s h w -> 1 1 s h w"), size=(self.num_slices, h, w), mode="trilinear", align_corners=False
+                    )
                     out[i, j] = rearrange(resized, "1 1 s h w -> s h w")
         return out
 

@@ -66,7 +66,9 @@ def freeze_stem(model: nn.Module, trainable_blocks: int | str) -> None:
     for stem in stems:
         stages = stem_stages(stem)
         if k > len(stages):
-            raise ConfigError(f"model.trainable_blocks={k}: backbone '{stem.backbone_name}' has {len(stages)} stages here; use 0..{len(stages)} or 'all'")
+            raise ConfigError(
+                f"model.trainable_blocks={k}: backbone '{stem.backbone_name}' has {len(stages)} stages here; use 0..{len(stages)} or 'all'"
+            )
         for module in chain.from_iterable(stages[: len(stages) - k]):
             for param in module.parameters(recurse=False):
                 param.requires_grad_(False)
@@ -93,7 +95,8 @@ class InitReport:
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint lacks
 
     def __str__(self) -> str:
-        lines = [f"init_from {self.checkpoint}: loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, {len(self.missing)} not in the checkpoint"]
+        counts = f"loaded {len(self.loaded)} tensors, skipped {len(self.skipped)}, {len(self.missing)} not in the checkpoint"
+        lines = [f"init_from {self.checkpoint}: {counts}"]
         lines += [f"  skipped {key}: {why}" for key, why in self.skipped.items()]
         lines += [f"  not in the checkpoint: {key}" for key in self.missing]
         return "\n".join(lines)

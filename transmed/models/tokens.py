@@ -10,7 +10,9 @@ from einops import rearrange, repeat
 from torch import nn
 
 
-def group_slices(x: torch.Tensor, mask: torch.Tensor, window: int = 3, stride: int = 1, mode: str = "group") -> tuple[torch.Tensor, torch.Tensor]:
+def group_slices(
+    x: torch.Tensor, mask: torch.Tensor, window: int = 3, stride: int = 1, mode: str = "group"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Adjacent slices become 3-channel images (TransMed); a group is real only if all its slices are.
 
     x: (B, M, S, H, W), mask: (B, M, S) -> images (B, M, G, 3, H, W), group mask (B, M, G).

@@ -34,7 +34,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """x: (B, T, D); key_mask: (B, T) True for real tokens. Returns output and (B, heads, T, T) attention if asked."""
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
         attn_mask = None if key_mask is None else rearrange(key_mask, "b t -> b 1 1 t")
@@ -61,7 +63,9 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         attended, weights = self.attn(self.norm1(x), key_mask, return_attention)
         x = x + self.drop_path(attended)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -75,7 +79,9 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, dropout=dropout, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         maps = []
         for block in self.blocks:
             x, weights = block(x, key_mask, return_attention)
