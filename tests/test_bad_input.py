@@ -260,3 +260,11 @@ def test_training_goes_on_without_the_bad_studies_and_lists_them(tmp_path):
     assert "constant volume" in skipped[valid_ids[0]]["reason"]
     assert "lymphoma" in skipped[train_ids[1]]["reason"] and "no row" in skipped["P999"]["reason"]
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 1
+    from transmed.evaluation.evaluate import evaluate_checkpoint
+
+    with pytest.warns(UserWarning, match="left out 3 studies"):
+        out = evaluate_checkpoint(run / "checkpoints" / "best.pt", n_bootstrap=10)
+    # the valid study that fails to load, and the labels.csv problems found before the split is taken
+    assert {r["id"] for r in json.loads((out / "skipped.json").read_text())} == {valid_ids[0], train_ids[1], "P999"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped"] == 3 and metrics["n"] == len(valid_ids) - 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -20,6 +20,7 @@ class Predictions:
     logits: np.ndarray  # (N, K)
     probs: np.ndarray  # (N, K)
     labels: Optional[np.ndarray]  # (N, K) multilabel or (N,) multiclass
+    skipped: list[dict] = field(default_factory=list)  # studies data.on_error=skip left out: {id, file, reason}
 
 
 def targets(labels: torch.Tensor, spec: LabelSpec, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..config import load_config, to_dict
-from ..data import LabelSpec, build_dataset, build_loader
+from ..data import LabelSpec, build_dataset, build_loader, report_skipped
 from ..engine.checkpoint import load_checkpoint
 from ..engine.inference import Predictions, predict
 from ..engine.utils import resolve_device, write_json
@@ -48,8 +48,11 @@ def load_trained(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple
 
 
 def predict_split(model: torch.nn.Module, cfg: DictConfig, spec: LabelSpec, split: str) -> Predictions:
-    loader = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
-    return predict(model, loader, spec, resolve_device(cfg.train.device), cfg.train.amp)
+    """Predictions for every study of `split`; those `data.on_error=skip` left out are in `.skipped`."""
+    dataset = build_dataset(cfg, split, train=False)
+    preds = predict(model, build_loader(cfg, dataset, train=False), spec, resolve_device(cfg.train.device), cfg.train.amp)
+    preds.skipped = list(dataset.skipped)
+    return preds
 
 
 def predictions_frame(preds: Predictions, spec: LabelSpec) -> pd.DataFrame:
@@ -69,7 +72,8 @@ def evaluate_checkpoint(
 ) -> Path:
     """Writes metrics.json, predictions.csv, roc/pr/confusion/calibration PNGs; returns the output folder.
 
-    Thresholds are 0.5, plus (when evaluating `test`) the Youden thresholds chosen on `valid`.
+    Studies `data.on_error=skip` left out of `split` are listed in `skipped.json` (their count in
+    metrics.json), so a metric over fewer studies never passes unnoticed. Thresholds are 0.5, plus (when evaluating `test`) the Youden thresholds chosen on `valid`.
     """
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.resolve().parent.parent / f"eval-{split}"
@@ -88,8 +92,9 @@ def evaluate_checkpoint(
             preds.probs, preds.labels, names, spec.kind, thresholds=youden, n_bootstrap=n_bootstrap, seed=cfg.seed
         )
         metrics["thresholds_youden_from_valid"] = youden
-    metrics.update(split=split, checkpoint=str(checkpoint), epoch=ckpt["epoch"])
     out.mkdir(parents=True, exist_ok=True)
+    skipped = report_skipped(out / "skipped.json", preds)
+    metrics.update(split=split, checkpoint=str(checkpoint), epoch=ckpt["epoch"], skipped=len(skipped))
     write_json(out / "metrics.json", to_jsonable(metrics))
     predictions_frame(preds, spec).to_csv(out / "predictions.csv", index=False)
     plot_roc(preds.probs, preds.labels, names, spec.kind, out / "roc.png", seed=cfg.seed)
