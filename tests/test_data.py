@@ -120,7 +120,8 @@ def test_val_fraction_carves_valid_out_of_train_and_tests_on_mrnet_valid(tiny_cf
         members = [sid for sid, t in tuples.items() if t == combo]
         assert abs(sum(sid in valid for sid in members) - 0.25 * len(members)) <= 1
     assert {m["id"] for m in read_manifest(cfg, "valid")} == valid
-    assert {m["id"] for m in read_manifest(tiny_cfg(**{"data.val_fraction": "0.25", "seed": "3"}), "valid")} != valid
+    assert {m["id"] for m in read_manifest(tiny_cfg(**{"data.val_fraction": "0.25", "seed": "3"}), "valid")} == valid
+    assert {m["id"] for m in read_manifest(tiny_cfg(**{"data.val_fraction": "0.25", "data.split_seed": "3"}), "valid")} != valid
     assert len(build_dataset(cfg, "test", train=False)) == 12
     with pytest.raises(DataError, match="data.val_fraction"):
         read_manifest(tiny_cfg(), "test")

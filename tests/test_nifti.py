@@ -195,8 +195,10 @@ def test_without_split_column_stratified_folds_by_patient(tmp_path):
     assert set().union(*valid_sets) == {f"P{i:03d}" for i in range(15)}  # every patient validates exactly once
     again = {item["id"] for item in read_manifest(nifti_cfg(root, tmp_path, **{"data.fold": "4"}), "valid")}
     assert again == valid_sets[4]
-    other_seed = {item["id"] for item in read_manifest(nifti_cfg(root, tmp_path, **{"data.fold": "4", "seed": "5"}), "valid")}
-    assert other_seed != valid_sets[4]
+    training_seed = {item["id"] for item in read_manifest(nifti_cfg(root, tmp_path, **{"data.fold": "4", "seed": "5"}), "valid")}
+    assert training_seed == valid_sets[4]  # repeats with another training seed validate on the same patients
+    split_seed = {item["id"] for item in read_manifest(nifti_cfg(root, tmp_path, **{"data.fold": "4", "data.split_seed": "5"}), "valid")}
+    assert split_seed != valid_sets[4]
     with pytest.raises(DataError, match="no split column"):
         read_manifest(cfg, "test")
     with pytest.raises(DataError, match="data.fold=7"):

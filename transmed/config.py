@@ -48,6 +48,7 @@ class DataConfig:
     num_folds: int = 5  # without a split column: stratified k-fold by patient
     fold: int = 0  # which fold is the validation set
     val_fraction: Optional[float] = None  # mrnet: carve validation out of train; MRNet's valid becomes test
+    split_seed: int = 0  # seeds k-fold and val_fraction splits; apart from `seed`, so repeats see the same patients
     drop_modalities: list[str] = field(default_factory=list)  # inference (validation, evaluate.py) sees these as missing
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -86,9 +86,9 @@ def read_manifest(cfg: DictConfig, split: str) -> Manifest:
     if d.format == "synthetic":
         ensure_synthetic(cfg)
     if d.format == "nifti":
-        items = read_nifti_manifest(d.root, split, list(d.modalities), d.label_column, d.classes, d.num_folds, d.fold, cfg.seed, on_error)
+        items = read_nifti_manifest(d.root, split, list(d.modalities), d.label_column, d.classes, d.num_folds, d.fold, d.split_seed, on_error)
     elif d.format in ("mrnet", "synthetic"):
-        items = read_mrnet(d.root, split, list(d.modalities), list(d.tasks), d.val_fraction, cfg.seed, on_error)
+        items = read_mrnet(d.root, split, list(d.modalities), list(d.tasks), d.val_fraction, d.split_seed, on_error)
     else:
         raise DataError(f"data.format {d.format!r} has no reader")
     return Manifest(items, on_error.skipped)
