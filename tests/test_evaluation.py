@@ -20,8 +20,9 @@ from transmed.engine.checkpoint import save_checkpoint
 from transmed.engine.inference import Predictions
 from transmed.evaluation import compare as C
 from transmed.evaluation import explain as X
-from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, log_evaluation_run, predictions_frame
+from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, load_trained, log_evaluation_run, predictions_frame
 from transmed.evaluation.metrics import compute_metrics, delong_test, to_jsonable
+from transmed.evaluation.predict import study_probabilities
 from transmed.models import TransMed, build_model
 
 TASKS = ("abnormal", "acl", "meniscus")
@@ -252,3 +253,15 @@ def test_explain_writes_figures_and_consistent_numbers(checkpoint, mrnet_root, t
         assert values["share"] == pytest.approx(sum(values["slices"]), abs=1e-6)
     with pytest.raises(DataError, match="not in the"):
         X.explain_study(checkpoint, "9999", out=tmp_path / "y")
+
+
+def test_explain_honours_drop_modalities(checkpoint, tmp_path):
+    """A modality `data.drop_modalities` hides from the model gets no attention and no Grad-CAM."""
+    out = X.explain_study(checkpoint, "0024", out=tmp_path / "x", overrides=["data.drop_modalities=[coronal]"], targets=["acl"])
+    report = json.loads((out / "explain.json").read_text())
+    assert report["dropped"] == ["coronal"]
+    assert report["attention"]["coronal"] == {"share": 0.0, "slices": []} and report["gradcam"]["acl"]["coronal"] == []
+    assert sum(v["share"] for v in report["attention"].values()) == pytest.approx(1.0, abs=1e-5)
+    model, cfg, spec, _ = load_trained(checkpoint, ["data.drop_modalities=[coronal]"])
+    expected = study_probabilities(model, cfg, spec, X.find_study(cfg, "0024")[0])
+    assert report["probabilities"] == pytest.approx(expected, abs=1e-6)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig  # noqa: E402
 from ..data import DataError, read_manifest  # noqa: E402
 from ..engine.utils import write_json  # noqa: E402
 from ..models import TransMed  # noqa: E402
+from ..models.factory import dropped_modality_indices  # noqa: E402
 from ..models.tokens import group_slices  # noqa: E402
 from .evaluate import UnsupportedRequest, load_trained, output_index  # noqa: E402
 from .predict import study_loader  # noqa: E402
@@ -139,6 +140,8 @@ def explain_study(
     batch = next(iter(study_loader(cfg, [item])))
     device = next(model.parameters()).device
     x, mask = batch["x"].to(device), batch["mask"].to(device)
+    dropped = dropped_modality_indices(cfg)
+    mask[:, dropped] = False  # what the model's eval-mode hook does; attention and Grad-CAM must see it too
     with torch.no_grad():
         probs = spec.probabilities(model(x, mask).float())[0].cpu()
     if targets is None:
@@ -167,6 +170,7 @@ def explain_study(
     report: dict = {
         "id": item["id"],
         "split": split,
+        "dropped": [modalities[i] for i in dropped],
         "probabilities": dict(zip(spec.names, probs.tolist())),
         "attention": {mod: {"share": float(v.sum()), "slices": v.tolist()} for mod, v in attention.items()},
         "gradcam": {},
