@@ -33,18 +33,19 @@ def pydicom_file(name: str) -> Path:
     return real_file(get_testdata_file(name))
 
 
-def dicom_series(folder: Path, count: int = 4) -> Path:
+def dicom_series(folder: Path, count: int = 4, prefix: str = "") -> Path:
     """A series folder of copies of pydicom's MR_small.dcm, stacked along its slice normal."""
     import pydicom
 
     template = pydicom.dcmread(pydicom_file("MR_small.dcm"))
-    folder.mkdir(parents=True)
+    template.SeriesInstanceUID = pydicom.uid.generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         ds = copy.deepcopy(template)
         ds.InstanceNumber = index + 1
         ds.ImagePositionPatient = [float(v) + (1.0 * index if axis == 2 else 0.0) for axis, v in enumerate(template.ImagePositionPatient)]
         ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.save_as(folder / f"{index:03d}.dcm")
+        ds.save_as(folder / f"{prefix}{index:03d}.dcm")
     return folder
 
 
@@ -87,6 +88,13 @@ def foreign_file_in_dicom_series(root):
     (root / "P000" / "T2.nii.gz").unlink()
     (series / "notes.txt").write_text("not a slice")
     return "P000", "P000/T2/notes.txt", "cannot read T2 file: unreadable DICOM slice"
+
+
+def mixed_dicom_series(root):
+    series = dicom_series(root / "P000" / "T2")
+    dicom_series(series, prefix="echo2-")  # a second series at the same positions, as a multi-echo export
+    (root / "P000" / "T2.nii.gz").unlink()
+    return "P000", "P000/T2", "cannot read T2 file: the DICOM folder mixes 2 series"
 
 
 def missing_modality(root):
@@ -154,6 +162,7 @@ CASES = [
     truncated,
     truncated_dicom_slice,
     foreign_file_in_dicom_series,
+    mixed_dicom_series,
     missing_modality,
     nan_voxels,
     inf_voxels,

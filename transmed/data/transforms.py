@@ -72,6 +72,26 @@ def dicom_series_problem(folder: Path) -> Optional[tuple[str, str]]:
     return None
 
 
+def mixed_series_problem(folder: Path) -> Optional[str]:
+    """Why a DICOM folder cannot be one stack because it holds several series (None: one series).
+
+    MONAI's reader stacks every file of a folder, so two series (a second echo, a localiser, a
+    repeat) would interleave into one volume without a word.
+    """
+    series: dict[str, list[str]] = {}
+    for file in _series_files(folder):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SeriesDescription"])
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the slice checks
+            continue
+        key = str(ds.get("SeriesInstanceUID", "")) or "(no SeriesInstanceUID)"
+        series.setdefault(key, []).append(f"{file.name} ({ds.get('SeriesDescription', 'no description')})")
+    if len(series) < 2:
+        return None
+    examples = "; ".join(f"{uid}: {len(files)} files, e.g. {files[0]}" for uid, files in series.items())
+    return f"the DICOM folder mixes {len(series)} series ({examples}); keep one series per modality folder"
+
+
 class LoadStudyd(MapTransform):
     """Reads each modality (NIfTI, DICOM file or series folder, .npy), turning any failure into a `StudyError`."""
 
@@ -99,6 +119,9 @@ class LoadStudyd(MapTransform):
                 expected = len(_series_files(path))
                 if stacked != expected:
                     raise self._fail(sid, key, path, f"{expected} files in the series folder but {stacked} slices read")
+                mixed = mixed_series_problem(path)
+                if mixed:
+                    raise StudyError(sid, f"cannot read {key} file: {mixed}", str(path))
             d[key] = image
             d.setdefault("files", {})[key] = str(path)  # not "{key}_...": MONAI takes such keys for meta dicts
         return d
