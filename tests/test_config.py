@@ -28,6 +28,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
         ("wandb.mode=sometimes", "wandb.mode"),
         ("model.trainable_blocks=deep", "model.trainable_blocks"),
         ("train.batch_size=0", "train.batch_size"),
+        ("train.device=gpu", "train.device.*cuda:N"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(override, match):
@@ -60,3 +61,24 @@ def test_cli_exits_2_naming_the_key():
     )
     assert result.returncode == 2
     assert "train.epocs" in result.stderr and "train.epochs" in result.stderr
+
+
+def test_resume_auto_needs_the_run_name(tmp_path):
+    """A generated `{config}-{timestamp}` name never holds a checkpoint: resume=auto must name the run."""
+    (tmp_path / "demo-20260101-000000").mkdir()
+    with pytest.raises(ConfigError, match=r"train.resume=auto.*run_name=NAME.*latest is run_name=demo-20260101-000000"):
+        load_config(ROOT / "configs/demo.yaml", ["train.resume=auto", f"output_dir={tmp_path}"])
+    cfg = load_config(ROOT / "configs/demo.yaml", ["train.resume=auto", "run_name=demo-20260101-000000"])
+    assert cfg.run_name == "demo-20260101-000000"
+
+
+def test_unknown_model_or_backbone_is_a_config_error_before_any_data_is_read(tmp_path):
+    from transmed.engine import train
+
+    cfg = load_config(None, ["model.name=transmed_huge", f"output_dir={tmp_path}", "data.root=/nonexistent"])
+    with pytest.raises(ConfigError, match=r"'model.name': 'transmed_huge'; registered models: .*transmed_tiny"):
+        train(cfg)
+    cfg = load_config(None, ["model.backbone=resnet181", f"output_dir={tmp_path}", "data.root=/nonexistent"])
+    with pytest.raises(ConfigError, match=r"'model.backbone': unknown timm backbone 'resnet181'; close matches: .*resnet18"):
+        train(cfg)
+    assert not any(tmp_path.iterdir()), "a run that fails at startup leaves no run folder behind"

@@ -181,3 +181,22 @@ def test_knee_config_trains_with_auc_per_task(tmp_path):
     run = train(load_config(config, [f"{k}={v}" for k, v in overrides.items()]))
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(np.isfinite(record[f"val/auc/{task}"]) for task in ("abnormal", "acl", "meniscus"))
+
+
+def test_synthetic_data_made_with_other_settings_is_not_reused(tmp_path):
+    from transmed.config import load_config
+    from transmed.data import DataError
+    from transmed.data.datasets import ensure_synthetic
+
+    root = tmp_path / "knee"
+    settings = ["data.format=synthetic", f"data.root={root}", "data.synthetic.num_train=3", "data.synthetic.num_valid=1"]
+    settings += ["data.synthetic.image_size=16", "data.synthetic.min_slices=3", "data.synthetic.max_slices=4"]
+    ensure_synthetic(load_config(None, settings))
+    made = sorted(p.name for p in (root / "train" / "axial").iterdir())
+    ensure_synthetic(load_config(None, settings))  # same settings: reused as is
+    assert sorted(p.name for p in (root / "train" / "axial").iterdir()) == made == ["0000.npy", "0001.npy", "0002.npy"]
+    with pytest.raises(DataError, match=r"other settings: num_train=3 \(config: 5\).*delete the folder"):
+        ensure_synthetic(load_config(None, [*settings, "data.synthetic.num_train=5"]))
+    (root / "SYNTHETIC").unlink()  # as after an interrupted generation
+    with pytest.raises(DataError, match="no complete synthetic dataset"):
+        ensure_synthetic(load_config(None, settings))

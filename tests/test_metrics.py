@@ -79,7 +79,11 @@ def test_multiclass_overall_matches_sklearn():
     res = M.compute_metrics(probs, labels, names, "multiclass")
     pred = probs.argmax(axis=1)
     overall = res["overall"]
-    assert set(overall) == {"auc_macro", "auc_micro", "accuracy", "balanced_accuracy", "f1_macro"}
+    assert set(overall) == {"auc", "sensitivity", "specificity", "f1", "auc_macro", "auc_micro", "accuracy", "balanced_accuracy", "f1_macro"}
+    assert overall["auc"] == overall["auc_macro"] and overall["f1"] == overall["f1_macro"]
+    assert overall["sensitivity"]["value"] == pytest.approx(recall_score(labels, pred, average="macro"))
+    specificities = [recall_score(labels != k, pred != k) for k in range(3)]
+    assert overall["specificity"]["value"] == pytest.approx(np.mean(specificities))
     assert overall["auc_macro"]["value"] == pytest.approx(roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12)
     assert overall["auc_micro"]["value"] == pytest.approx(roc_auc_score(np.eye(3)[labels], probs, average="micro"), abs=1e-12)
     assert overall["accuracy"]["value"] == pytest.approx(accuracy_score(labels, pred))

@@ -142,6 +142,28 @@ def test_pretrained_offline_or_missing_file_is_a_clear_error(monkeypatch):
         tiny_model(pretrained="/no/such/weights.pth")
 
 
+def test_hub_check_honours_offline_mode_and_a_mirror(monkeypatch):
+    import transmed.models.stem as stem
+
+    tried = []
+    monkeypatch.setattr(stem.socket, "create_connection", lambda address, timeout: tried.append(address) or _closing())
+    for name in ("HF_HUB_OFFLINE", "HF_ENDPOINT", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not stem._hub_reachable() and tried == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.local:8080")
+    assert stem._hub_reachable() and tried == [("mirror.local", 8080)]
+
+
+class _closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_pretrained_from_local_weights_file(tmp_path):
     import timm
 

@@ -8,6 +8,7 @@ naming the key (the command-line entry points turn it into exit code 2).
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,6 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     checkpoint_stem: bool = False  # activation checkpointing of the stem
     accumulate: int = 1  # gradient accumulation steps
-    log_every: int = 10
 
 
 @dataclass
@@ -165,6 +165,8 @@ def _validate(cfg: DictConfig) -> None:
     tb = str(cfg.model.trainable_blocks)
     if tb != "all" and not tb.isdigit():
         raise ConfigError(f"invalid value for config key 'model.trainable_blocks': {tb!r}; expected a number of stages or 'all'")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg.train.device)):
+        raise ConfigError(f"invalid value for config key 'train.device': {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N or mps")
     if not cfg.data.modalities:
         raise ConfigError("config key 'data.modalities' is empty: give at least one modality")
     for key in ("train.epochs", "train.batch_size", "data.image_size"):
@@ -189,7 +191,7 @@ def _parse_override(item: str) -> DictConfig:
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), base: Optional[dict] = None) -> DictConfig:
     """Schema <- `base` dict (a checkpoint's config) <- YAML file <- dotted `key=value` overrides."""
     schema = OmegaConf.structured(Config)
-    cfg = schema
+    cfg, generated = schema, None
     if base is not None:
         cfg = _merge(cfg, OmegaConf.create(base), schema, "checkpoint config")
     if path is not None:
@@ -204,13 +206,22 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         if cfg.run_name is None:
             from datetime import datetime
 
-            cfg.run_name = f"{path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+            generated = cfg.run_name = f"{path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     for item in overrides:
         cfg = _merge(cfg, _parse_override(item), schema, f"override '{item}'")
     if cfg.run_name is None:
         cfg.run_name = "run"
     _validate(cfg)
+    if cfg.train.resume == "auto" and cfg.run_name == generated:
+        raise ConfigError(_resume_needs_run_name(cfg, Path(path).stem))
     return cfg
+
+
+def _resume_needs_run_name(cfg: DictConfig, stem: str) -> str:
+    """Message for `train.resume=auto` without `run_name`: a fresh timestamped name has nothing to resume."""
+    runs = sorted(Path(cfg.output_dir).glob(f"{stem}-*"), key=lambda p: p.stat().st_mtime)
+    latest = f"; the latest is run_name={runs[-1].name}" if runs else ""
+    return f"config key 'train.resume=auto' continues a named run: add run_name=NAME (a folder under {cfg.output_dir}/){latest}"
 
 
 def to_dict(cfg: DictConfig) -> dict:

@@ -27,7 +27,7 @@ from .collate import pad_collate
 from .errors import DataError, OnError, catch_study_error, study_error_in
 from .mrnet import read_mrnet
 from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
-from .synthetic import generate_mrnet
+from .synthetic import MARKER, generate_mrnet
 from .transforms import augment, min_slices_for, mrnet_preprocess
 
 PREPROCESSING_VERSION = 1  # part of the cache key: bump when a transform's output changes for the same settings
@@ -70,12 +70,26 @@ def label_spec(cfg: DictConfig) -> LabelSpec:
 
 def ensure_synthetic(cfg: DictConfig) -> None:
     """`data.format: synthetic` writes the dataset into `data.root` once, then reads it as MRNet."""
-    root = Path(cfg.data.root)
-    if (root / "SYNTHETIC").is_file():
+    root, s = Path(cfg.data.root), cfg.data.synthetic
+    wanted = {"format": "mrnet", **{key: s[key] for key in ("num_train", "num_valid", "image_size", "min_slices", "max_slices", "seed")}}
+    marker = root / MARKER
+    if marker.is_file():
+        try:
+            made = json.loads(marker.read_text())
+        except json.JSONDecodeError:
+            made = {}
+        changed = [f"{key}={made.get(key)} (config: {value})" for key, value in wanted.items() if made.get(key) != value]
+        if changed:
+            raise DataError(
+                f"data.root {root} holds synthetic data made with other settings: {', '.join(changed)}; "
+                f"delete the folder to regenerate it, or point data.root at a new one"
+            )
         return
     if root.exists() and any(root.iterdir()):
-        raise DataError(f"data.root {root} holds files but no synthetic dataset; refusing to write into it")
-    s = cfg.data.synthetic
+        raise DataError(
+            f"data.root {root} holds files but no complete synthetic dataset (no {MARKER} file; an interrupted generation?); "
+            f"refusing to write into it: delete it or point data.root elsewhere"
+        )
     print(f"generating synthetic MRNet-layout data in {root} ({s.num_train} train, {s.num_valid} valid studies)")
     generate_mrnet(root, s.num_train, s.num_valid, s.image_size, s.min_slices, s.max_slices, s.seed)
 

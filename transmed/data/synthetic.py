@@ -16,8 +16,8 @@ do; the tumour class shows in the lesion's T1/T2 signal and shape.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ from scipy import ndimage
 PLANES = ("sagittal", "coronal", "axial")
 TASKS = ("abnormal", "acl", "meniscus")
 _GRID = 64  # resolution of the underlying 3D volume
+MARKER = "SYNTHETIC"  # written last by generate_mrnet: the settings it was made with (JSON)
 
 
 def _blob(shape: tuple[int, int, int], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -105,7 +106,8 @@ def generate_mrnet(
         for task in TASKS:
             with open(root / f"{split}-{task}.csv", "w", newline="") as f:
                 csv.writer(f).writerows(rows[task])
-    (root / "SYNTHETIC").write_text(f"synthetic MRNet-layout data, seed={seed}\n")
+    settings = dict(num_train=num_train, num_valid=num_valid, image_size=image_size, min_slices=min_slices, max_slices=max_slices, seed=seed)
+    (root / MARKER).write_text(json.dumps({"format": "mrnet", **settings}, indent=2) + "\n")  # last: marks a complete set
     return root
 
 
@@ -206,25 +208,3 @@ def generate_nifti(root: str | Path, num_studies: int = 30, with_split: bool = F
         writer.writerow(["patient_id", "label"] + (["split"] if with_split else []))
         writer.writerows(rows)
     return root
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic dataset: knee studies in the MRNet layout, or parotid T1/T2 NIfTI.")
-    parser.add_argument("root")
-    parser.add_argument("--format", choices=("mrnet", "nifti"), default="mrnet")
-    parser.add_argument("--num-train", type=int, default=120, help="mrnet: train studies; nifti: all studies")
-    parser.add_argument("--num-valid", type=int, default=60)
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--min-slices", type=int, default=16)
-    parser.add_argument("--max-slices", type=int, default=32)
-    parser.add_argument("--with-split", action="store_true", help="nifti: write a split column")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.format == "nifti":
-        generate_nifti(args.root, args.num_train, args.with_split, args.seed)
-    else:
-        generate_mrnet(args.root, args.num_train, args.num_valid, args.image_size, args.min_slices, args.max_slices, args.seed)
-
-
-if __name__ == "__main__":
-    main()

@@ -44,7 +44,7 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     """`{output_dir}/{run_name}`: refuses to reuse a started run unless resuming or `overwrite=true`;
     fails before training if the folder cannot be written or the disk is nearly full."""
     run_dir = Path(cfg.output_dir) / cfg.run_name
-    started = run_dir.exists() and any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl", "checkpoints"))
+    started = any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl")) or any(run_dir.glob("checkpoints/*.pt"))
     if started and not cfg.train.resume:
         if not cfg.overwrite:
             raise RunExistsError(
@@ -102,7 +102,8 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
     path = run_dir / "checkpoints" / "last.pt" if cfg.train.resume == "auto" else Path(cfg.train.resume)
     if not path.is_file():
         if cfg.train.resume == "auto":
-            return None  # nothing to resume yet: start from scratch
+            print(f"train.resume=auto: no checkpoint in {run_dir} yet; starting from scratch")
+            return None
         raise FileNotFoundError(f"train.resume={cfg.train.resume}: no such checkpoint")
     return path
 
@@ -163,14 +164,16 @@ def train(cfg: DictConfig) -> Path:
 
 
 def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
-    run_dir = Path(cfg.output_dir) / cfg.run_name
-    if dist_info.is_main:
-        run_dir = prepare_run_dir(cfg)
-    barrier(dist_info)
     seed_everything(cfg.seed)
     set_deterministic(cfg.train.deterministic)
     device = device_for(dist_info, resolve_device(cfg.train.device))
     spec = label_spec(cfg)
+    model = build_model(cfg, spec.num_outputs).to(device)  # first: missing weights or a bad name fail before any data is read
+    prepare_model(model, cfg)  # model.init_from, model.trainable_blocks
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    if dist_info.is_main:
+        run_dir = prepare_run_dir(cfg)
+    barrier(dist_info)
 
     train_manifest = read_manifest(cfg, "train")
     train_ds = build_dataset(cfg, "train", train=True, manifest=train_manifest)
@@ -183,8 +186,6 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     train_loader = build_loader(cfg, train_ds, train=True, sampler=train_sampler, generator=generator)
     val_loader = build_loader(cfg, val_ds, train=False, sampler=val_sampler)
 
-    model = build_model(cfg, spec.num_outputs).to(device)
-    prepare_model(model, cfg)  # model.init_from, model.trainable_blocks
     criterion = build_loss(spec, np.stack([item["label"] for item in train_ds.data])).to(device)  # studies kept after screening
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
@@ -236,6 +237,7 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
         train_ds.transform.set_random_state(seed=(epoch_seed + dist_info.rank) % 2**32)
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
+        lr = scheduler.get_last_lr()[0]  # the rate the epoch starts with (the schedule moves every step)
         start = time.perf_counter()
         train_loss = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main)
         seconds = time.perf_counter() - start
@@ -252,7 +254,7 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             "val/loss": val_loss,
             "val/auc": aucs["mean"],
             "sec/epoch": seconds,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": lr,
         }
         last.update({f"val/auc/{name}": aucs[name] for name in spec.names})
         logger.log_epoch(last)

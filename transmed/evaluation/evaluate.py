@@ -30,6 +30,12 @@ class UnsupportedRequest(ValueError):
     without attention); entry points report it as a usage error."""
 
 
+def run_folder(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's results go by default: `{run}` for `{run}/checkpoints/x.pt`, else its own folder."""
+    path = Path(checkpoint).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def output_index(spec: LabelSpec, name: str) -> int:
     """Position of a task (multilabel) or class (multiclass) name among the model's outputs."""
     if name not in spec.names:
@@ -76,7 +82,7 @@ def evaluate_checkpoint(
     metrics.json), so a metric over fewer studies never passes unnoticed. Thresholds are 0.5, plus (when evaluating `test`) the Youden thresholds chosen on `valid`.
     """
     checkpoint = Path(checkpoint)
-    out = Path(out) if out is not None else checkpoint.resolve().parent.parent / f"eval-{split}"
+    out = Path(out) if out is not None else run_folder(checkpoint) / f"eval-{split}"
     if (out / "metrics.json").exists():
         raise ResultExistsError(f"{out} already holds an evaluation; choose another --out")
     model, cfg, spec, ckpt = load_trained(checkpoint, overrides)

@@ -32,7 +32,7 @@ from ..engine.utils import write_json  # noqa: E402
 from ..models import TransMed  # noqa: E402
 from ..models.factory import dropped_modality_indices  # noqa: E402
 from ..models.tokens import group_slices  # noqa: E402
-from .evaluate import UnsupportedRequest, load_trained, output_index  # noqa: E402
+from .evaluate import UnsupportedRequest, load_trained, output_index, run_folder  # noqa: E402
 from .predict import study_loader  # noqa: E402
 
 
@@ -136,7 +136,7 @@ def explain_study(
             f"explain needs a TransMed model (attention and a CNN stem); model.name {cfg.model.name} is a {type(model).__name__}"
         )
     item, split = find_study(cfg, str(study_id), split)
-    out = Path(out) if out is not None else Path(checkpoint).resolve().parent.parent / f"explain-{item['id']}"
+    out = Path(out) if out is not None else run_folder(checkpoint) / f"explain-{item['id']}"
     batch = next(iter(study_loader(cfg, [item])))
     device = next(model.parameters()).device
     x, mask = batch["x"].to(device), batch["mask"].to(device)

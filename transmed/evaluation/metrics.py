@@ -99,7 +99,8 @@ def compute_metrics(
     ``t = thresholds.get(name, 0.5)``, and ``overall`` holds the mean over tasks of each metric.
     For ``"multiclass"`` the thresholded one-vs-rest metrics use the argmax prediction
     (predicted class == class), ``thresholds`` is ignored and the returned thresholds are
-    empty; ``overall`` holds auc_macro, auc_micro, accuracy, balanced_accuracy, f1_macro.
+    empty; ``overall`` holds auc, sensitivity, specificity, f1 (macro over classes, one-vs-rest),
+    auc_macro (= auc), auc_micro, accuracy, balanced_accuracy (= sensitivity), f1_macro (= f1).
 
     Intervals are percentile intervals of a stratified bootstrap (positives and negatives
     resampled separately per task for multilabel; within each class for multiclass), widened
@@ -155,12 +156,14 @@ def compute_metrics(
     else:
         correct = targets[np.arange(n), scores.argmax(axis=1)]
         micro_boot = _ranking_metrics(scores.ravel(), targets.ravel(), np.repeat(shared, k, axis=1))[0]
+        macro = {m: _summary(*mean_over_tasks(m), ci) for m in ("auc", "sensitivity", "specificity", "f1")}
         overall = {
-            "auc_macro": _summary(*mean_over_tasks("auc"), ci),
+            **macro,  # one-vs-rest, macro over classes: the same keys as a multilabel overall
+            "auc_macro": macro["auc"],
             "auc_micro": _summary(roc_auc_score(targets.ravel(), scores.ravel()), micro_boot, ci),
             "accuracy": _summary(correct.mean(), shared @ correct / n, ci),
-            "balanced_accuracy": _summary(*mean_over_tasks("sensitivity"), ci),
-            "f1_macro": _summary(*mean_over_tasks("f1"), ci),
+            "balanced_accuracy": macro["sensitivity"],
+            "f1_macro": macro["f1"],
         }
     return {"tasks": tasks, "overall": overall, "n": n, "thresholds": used}
 

@@ -39,7 +39,7 @@ from ..data import DataError, LabelSpec, build_dataset, build_loader, pad_collat
 from ..data.transforms import min_slices_for  # noqa: E402
 from ..engine.inference import Predictions, predict  # noqa: E402
 from ..engine.utils import eval_mode, write_json  # noqa: E402
-from .evaluate import ResultExistsError, load_trained, output_index  # noqa: E402
+from .evaluate import ResultExistsError, load_trained, output_index, run_folder  # noqa: E402
 from .scores import point_aucs  # noqa: E402
 
 NORMS = ("l2", "linf")
@@ -255,7 +255,7 @@ def run_robustness(
     model, cfg, spec, _ = load_trained(checkpoint, overrides)
     target_index = None if target is None else output_index(spec, target)
     name = f"uap-{norm}-zeta{zeta:g}" + (f"-{target}" if target else "") + ("" if source == "train" else "-external")
-    out = Path(out) if out is not None else Path(checkpoint).resolve().parent.parent / name
+    out = Path(out) if out is not None else run_folder(checkpoint) / name
     if (out / "uap.json").exists():
         raise ResultExistsError(f"{out} already holds a robustness result; choose another --out")
     seed = int(cfg.seed)

@@ -7,7 +7,8 @@ from torch import nn
 
 from ..config import ConfigError
 from .finetune import drop_modalities_at_inference
-from .registry import create_model
+from .registry import create_model, list_models
+from .stem import UnknownBackbone
 
 
 def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
@@ -53,7 +54,12 @@ def build_model(cfg: DictConfig, num_outputs: int, pretrained: bool | None = Non
     if pretrained is False:
         kwargs["pretrained"] = False
     dropped = dropped_modality_indices(cfg)
-    model = create_model(cfg.model.name, **kwargs)
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"invalid value for config key 'model.name': {cfg.model.name!r}; registered models: {', '.join(list_models())}")
+    try:
+        model = create_model(cfg.model.name, **kwargs)
+    except UnknownBackbone as err:
+        raise ConfigError(f"invalid value for config key 'model.backbone': {err}") from None
     if dropped:
         drop_modalities_at_inference(model, dropped)
     return model

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import socket
 from pathlib import Path
 from typing import Union
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -17,9 +20,21 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but cannot be fetched or found."""
 
 
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+class UnknownBackbone(ValueError):
+    """The backbone name is not a timm model."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub (`HF_ENDPOINT` honoured), so an offline machine fails at once
+    rather than after minutes of HTTP retries. `HF_HUB_OFFLINE=1` means offline; behind a proxy the
+    check is left to the download itself, whose failure is reported the same way."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout):
             return True
     except OSError:
         return False
@@ -63,7 +78,9 @@ def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) 
         return timm.create_model(backbone, **kwargs)
     except RuntimeError as err:
         if "Unknown model" in str(err):
-            raise ValueError(f"unknown timm backbone '{backbone}' (see timm.list_models())") from None
+            close = difflib.get_close_matches(backbone, timm.list_models(), n=3)
+            hint = f"; close matches: {', '.join(close)}" if close else " (see timm.list_models())"
+            raise UnknownBackbone(f"unknown timm backbone '{backbone}'{hint}") from None
         if kwargs.get("pretrained"):
             raise _unavailable(backbone, str(err).splitlines()[0]) from err
         raise
