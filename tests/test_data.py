@@ -96,8 +96,25 @@ def test_file_without_label_is_an_error(tiny_cfg, mrnet_root, tmp_path):
 def test_corrupt_file_names_study_and_file(tiny_cfg, mrnet_root, tmp_path):
     root = _copy_layout(mrnet_root, tmp_path / "m")
     (root / "valid" / "sagittal" / "0025.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(StudyError, match=r"study 0025 .*sagittal/0025.npy.*cannot read sagittal"):
+    with pytest.raises(StudyError, match=r"study 0025 .*sagittal/0025.npy.*cannot read sagittal file: not a readable .npy array"):
         build_dataset(tiny_cfg(**{"data.root": str(root)}), "valid", train=False)
+
+
+def test_corrupt_file_ends_train_py_with_one_line_and_exit_1(mrnet_root, tmp_path):
+    """The error is raised after the caching threads are done: raised from inside them, it aborted the
+    interpreter at exit (SIGABRT, exit 134) after printing the message."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import tiny_overrides
+
+    root = _copy_layout(mrnet_root, tmp_path / "m")
+    (root / "train" / "coronal" / "0003.npy").write_bytes(b"\x93NUMPY garbage")
+    args = ["train.py", "--config", "configs/demo.yaml", *tiny_overrides(root, tmp_path / "runs")]
+    result = subprocess.run([sys.executable, *args], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: study 0003" in result.stderr and "Traceback" not in result.stderr and "terminate called" not in result.stderr
 
 
 def test_synthetic_generation_is_deterministic(tmp_path):

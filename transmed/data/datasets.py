@@ -80,10 +80,8 @@ def ensure_synthetic(cfg: DictConfig) -> None:
             made = {}
         changed = [f"{key}={made.get(key)} (config: {value})" for key, value in wanted.items() if made.get(key) != value]
         if changed:
-            raise DataError(
-                f"data.root {root} holds synthetic data made with other settings: {', '.join(changed)}; "
-                f"delete the folder to regenerate it, or point data.root at a new one"
-            )
+            what = f"made with other settings: {', '.join(changed)}" if made else "without recorded settings (an earlier version)"
+            raise DataError(f"data.root {root} holds synthetic data {what}; delete the folder to regenerate it, or point data.root at a new one")
         return
     if root.exists() and any(root.iterdir()):
         raise DataError(
@@ -176,6 +174,23 @@ def _screen(items: Sequence[dict], run: Callable[[int], object], on_error: OnErr
     return good
 
 
+class _CollectingCacheDataset(CacheDataset):
+    """CacheDataset whose cache-filling threads never raise: failures are collected in `failures`
+    (index, error) for the caller to raise once the pool is done. An exception escaping MONAI's
+    thread pool while other threads are still inside torch aborts the interpreter at exit."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.failures: list[tuple[int, Exception]] = []
+        super().__init__(*args, **kwargs)
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as err:  # noqa: BLE001 - re-raised by build_dataset, in study order
+            self.failures.append((idx, err))
+            return None
+
+
 def _is_cached(ds: PersistentDataset, item: dict) -> bool:
     return (ds.cache_dir / f"{ds.hash_func(item).decode('utf-8')}{ds.transform_hash}.pt").is_file()
 
@@ -204,13 +219,10 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, manifest: Optional[l
         if on_error.mode == "skip":
             check = preprocessing(cfg)
             items = _screen(items, lambda i: check(dict(items[i])), on_error)
-        try:
-            ds = CacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False)
-        except Exception as err:
-            study_err = study_error_in(err)
-            if study_err is not None:
-                raise study_err from None
-            raise
+        ds = _CollectingCacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False)
+        if ds.failures:
+            _, err = min(ds.failures, key=lambda failure: failure[0])
+            raise study_error_in(err) or err
     ds.skipped = [*getattr(manifest, "skipped", []), *on_error.skipped]
     return ds
 

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Hashable, Mapping, Optional, Sequence
 
+import numpy as np
 import pydicom
 import torch
 from monai.data import ImageReader, NibabelReader, NumpyReader, PydicomReader
@@ -92,6 +93,15 @@ def mixed_series_problem(folder: Path) -> Optional[str]:
     return f"the DICOM folder mixes {len(series)} series ({examples}); keep one series per modality folder"
 
 
+def numpy_problem(path: Path) -> Optional[str]:
+    """numpy's own words on why a .npy file does not load (MONAI's reader reports a pickle setting instead)."""
+    try:
+        np.load(path, allow_pickle=False, mmap_mode="r")
+    except Exception as err:  # noqa: BLE001 - any numpy failure is the reason
+        return _last_line(err)
+    return None
+
+
 class LoadStudyd(MapTransform):
     """Reads each modality (NIfTI, DICOM file or series folder, .npy), turning any failure into a `StudyError`."""
 
@@ -102,6 +112,8 @@ class LoadStudyd(MapTransform):
 
     def _fail(self, sid: str, key: str, path: Path, reason: str) -> StudyError:
         found = dicom_series_problem(path) if path.is_dir() else None
+        if path.suffix.lower() == ".npy":
+            reason = f"not a readable .npy array: {numpy_problem(path) or reason}"
         file, why = found or (str(path), reason)
         return StudyError(sid, f"cannot read {key} file: {why}", file)
 
