@@ -13,7 +13,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="output folder (default: {run dir}/eval-{split})")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     add_overrides(parser)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     out = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.bootstrap)
     print(f"evaluation written to {out}")
 

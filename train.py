@@ -1,6 +1,7 @@
 """Train a model: python train.py --config configs/knee.yaml [key=value ...]"""
 
 import argparse
+import os
 
 from transmed.cli import add_overrides, run_main
 from transmed.config import config_from_cli
@@ -11,9 +12,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML config file")
     add_overrides(parser)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     run_dir = train(config_from_cli(args.config, args.overrides))
-    print(f"run written to {run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here
+        print(f"run written to {run_dir}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from transmed.config import ConfigError, load_config
+from transmed.config import ConfigError, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +82,14 @@ def test_unknown_model_or_backbone_is_a_config_error_before_any_data_is_read(tmp
     with pytest.raises(ConfigError, match=r"'model.backbone': unknown timm backbone 'resnet181'; close matches: .*resnet18"):
         train(cfg)
     assert not any(tmp_path.iterdir()), "a run that fails at startup leaves no run folder behind"
+
+
+def test_checkpoint_config_with_keys_this_version_dropped_still_loads():
+    saved = to_dict(load_config(None, ["train.epochs=3"]))
+    saved["train"]["log_every"] = 10  # a key an earlier version had
+    saved["retired"] = {"a": 1}
+    with pytest.warns(UserWarning, match=r"ignored: train.log_every, retired|ignored: retired, train.log_every"):
+        cfg = load_config(base=saved, overrides=["train.lr=0.5"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 0.5 and "log_every" not in cfg.train
+    with pytest.raises(ConfigError, match="train.log_every"):
+        load_config(None, ["train.log_every=10"])  # only a saved config is lenient; a user's key is checked

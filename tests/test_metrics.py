@@ -79,7 +79,17 @@ def test_multiclass_overall_matches_sklearn():
     res = M.compute_metrics(probs, labels, names, "multiclass")
     pred = probs.argmax(axis=1)
     overall = res["overall"]
-    assert set(overall) == {"auc", "sensitivity", "specificity", "f1", "auc_macro", "auc_micro", "accuracy", "balanced_accuracy", "f1_macro"}
+    assert set(overall) == {
+        "auc",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "auc_macro",
+        "auc_micro",
+        "accuracy",
+        "balanced_accuracy",
+        "f1_macro",
+    }
     assert overall["auc"] == overall["auc_macro"] and overall["f1"] == overall["f1_macro"]
     assert overall["sensitivity"]["value"] == pytest.approx(recall_score(labels, pred, average="macro"))
     specificities = [recall_score(labels != k, pred != k) for k in range(3)]

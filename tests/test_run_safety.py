@@ -14,6 +14,7 @@ import torch
 from transmed.config import load_config
 from transmed.engine import NonFiniteLossError, UnsafeCheckpointError, load_checkpoint, train
 from transmed.engine.checkpoint import export_safetensors
+from transmed.engine.trainer import RunDirError
 
 from conftest import tiny_overrides
 
@@ -134,7 +135,7 @@ def test_non_finite_loss_names_epoch_step_and_studies(mrnet_root, tmp_path, monk
 def test_unwritable_output_dir_fails_before_training(mrnet_root, tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")
-    with pytest.raises(RuntimeError, match="cannot write to the run directory"):
+    with pytest.raises(RunDirError, match="cannot write to the run directory"):
         train(load_config(None, tiny_overrides(mrnet_root, blocker)))
 
 

@@ -9,7 +9,7 @@ from typing import Callable, NoReturn
 from .config import ConfigError
 from .data.errors import DataError
 from .engine.checkpoint import UnsafeCheckpointError
-from .engine.trainer import NonFiniteLossError, RunExistsError
+from .engine.trainer import NonFiniteLossError, RunDirError, RunExistsError
 from .evaluation.evaluate import ResultExistsError
 from .models.stem import PretrainedWeightsUnavailable
 
@@ -18,6 +18,7 @@ EXPECTED = (
     PretrainedWeightsUnavailable,
     UnsafeCheckpointError,
     RunExistsError,
+    RunDirError,
     ResultExistsError,
     NonFiniteLossError,
     FileNotFoundError,

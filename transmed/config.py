@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -147,6 +148,21 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> Co
     return ConfigError(f"invalid value for config key '{key}' (from {source}): {msg}")
 
 
+def _known_keys(saved: DictConfig, schema: DictConfig) -> DictConfig:
+    """A saved (checkpoint) config without keys this version's schema no longer has, with a warning:
+    old checkpoints stay loadable when the schema drops a key."""
+    known = set(_all_keys(schema))
+    unknown = [key for key in _all_keys(saved) if key not in known]
+    stale = [key for key in unknown if key.rpartition(".")[0] not in unknown]  # the outermost unknown keys
+    for key in stale:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(saved, parent) if parent else saved
+        node.pop(name)
+    if stale:
+        warnings.warn(f"the checkpoint's config has keys this version does not know, ignored: {', '.join(stale)}", stacklevel=3)
+    return saved
+
+
 def _merge(base: DictConfig, other: Any, schema: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
@@ -193,7 +209,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     schema = OmegaConf.structured(Config)
     cfg, generated = schema, None
     if base is not None:
-        cfg = _merge(cfg, OmegaConf.create(base), schema, "checkpoint config")
+        cfg = _merge(cfg, _known_keys(OmegaConf.create(base), schema), schema, "checkpoint config")
     if path is not None:
         path = Path(path)
         if not path.is_file():

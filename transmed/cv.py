@@ -87,7 +87,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="k-fold cross-validation: every fold trained, one summary.")
     parser.add_argument("--config", required=True, help="YAML config file")
     add_overrides(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     path = run_cv(config_from_cli(args.config, args.overrides))
     summary = json.loads(path.read_text())
     for key, value in summary["mean"].items():

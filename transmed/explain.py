@@ -27,7 +27,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         help="task or class to explain with Grad-CAM (repeatable; default: every task, or the predicted class)",
     )
     add_overrides(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         out = explain_study(args.checkpoint, args.study, args.split, args.out, args.overrides, args.target)
     except UnsupportedRequest as err:

@@ -30,7 +30,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--delta", type=float, default=0.2, help="stop once the crafting fooling rate reaches 1 - delta (default 0.2)")
     parser.add_argument("--random-trials", type=int, default=5, help="random perturbations averaged for the control (default 5)")
     add_overrides(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.zeta <= 0:
         parser.error("--zeta must be positive")
     try:

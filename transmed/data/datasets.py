@@ -81,7 +81,9 @@ def ensure_synthetic(cfg: DictConfig) -> None:
         changed = [f"{key}={made.get(key)} (config: {value})" for key, value in wanted.items() if made.get(key) != value]
         if changed:
             what = f"made with other settings: {', '.join(changed)}" if made else "without recorded settings (an earlier version)"
-            raise DataError(f"data.root {root} holds synthetic data {what}; delete the folder to regenerate it, or point data.root at a new one")
+            raise DataError(
+                f"data.root {root} holds synthetic data {what}; delete the folder to regenerate it, or point data.root at a new one"
+            )
         return
     if root.exists() and any(root.iterdir()):
         raise DataError(
@@ -98,7 +100,9 @@ def read_manifest(cfg: DictConfig, split: str) -> Manifest:
     if d.format == "synthetic":
         ensure_synthetic(cfg)
     if d.format == "nifti":
-        items = read_nifti_manifest(d.root, split, list(d.modalities), d.label_column, d.classes, d.num_folds, d.fold, d.split_seed, on_error)
+        items = read_nifti_manifest(
+            d.root, split, list(d.modalities), d.label_column, d.classes, d.num_folds, d.fold, d.split_seed, on_error
+        )
     elif d.format in ("mrnet", "synthetic"):
         items = read_mrnet(d.root, split, list(d.modalities), list(d.tasks), d.val_fraction, d.split_seed, on_error)
     else:

@@ -106,7 +106,9 @@ def generate_mrnet(
         for task in TASKS:
             with open(root / f"{split}-{task}.csv", "w", newline="") as f:
                 csv.writer(f).writerows(rows[task])
-    settings = dict(num_train=num_train, num_valid=num_valid, image_size=image_size, min_slices=min_slices, max_slices=max_slices, seed=seed)
+    settings = dict(
+        num_train=num_train, num_valid=num_valid, image_size=image_size, min_slices=min_slices, max_slices=max_slices, seed=seed
+    )
     (root / MARKER).write_text(json.dumps({"format": "mrnet", **settings}, indent=2) + "\n")  # last: marks a complete set
     return root
 

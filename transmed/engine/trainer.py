@@ -40,6 +40,10 @@ class RunExistsError(RuntimeError):
     """The run directory already holds a run and neither resume nor overwrite was asked for."""
 
 
+class RunDirError(RuntimeError):
+    """The run directory cannot be written, or its disk is nearly full."""
+
+
 def prepare_run_dir(cfg: DictConfig) -> Path:
     """`{output_dir}/{run_name}`: refuses to reuse a started run unless resuming or `overwrite=true`;
     fails before training if the folder cannot be written or the disk is nearly full."""
@@ -58,10 +62,10 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
         probe.write_bytes(b"0" * 1024)
         probe.unlink()
     except OSError as err:
-        raise RuntimeError(f"cannot write to the run directory {run_dir}: {err}") from None
+        raise RunDirError(f"cannot write to the run directory {run_dir}: {err}") from None
     free = shutil.disk_usage(run_dir).free
     if free < MIN_FREE_BYTES:
-        raise RuntimeError(f"only {free / 2**20:.0f} MiB free on the disk holding {run_dir}; checkpoints need more")
+        raise RunDirError(f"only {free / 2**20:.0f} MiB free on the disk holding {run_dir}; checkpoints need more")
     return run_dir
 
 

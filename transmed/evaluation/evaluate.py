@@ -79,7 +79,8 @@ def evaluate_checkpoint(
     """Writes metrics.json, predictions.csv, roc/pr/confusion/calibration PNGs; returns the output folder.
 
     Studies `data.on_error=skip` left out of `split` are listed in `skipped.json` (their count in
-    metrics.json), so a metric over fewer studies never passes unnoticed. Thresholds are 0.5, plus (when evaluating `test`) the Youden thresholds chosen on `valid`.
+    metrics.json), so a metric over fewer studies never passes unnoticed. Thresholds are 0.5, plus
+    (when evaluating `test`) the Youden thresholds chosen on `valid`.
     """
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else run_folder(checkpoint) / f"eval-{split}"
