@@ -147,6 +147,19 @@ def test_stratified_bootstrap_keeps_class_sizes():
         np.testing.assert_array_equal(w[:, strata == value].sum(axis=1), (strata == value).sum())
 
 
+def test_overall_interval_keeps_the_covariance_of_tasks_that_share_studies():
+    """Three copies of one task: their mean is that task, so its interval must be the task's own
+    (resampling each task independently made it about sqrt(3) times too narrow)."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(80) < 0.4).astype(int)
+    p = np.clip(0.3 * y + rng.normal(0.35, 0.2, 80), 0, 1)
+    res = M.compute_metrics(np.stack([p] * 3, 1), np.stack([y] * 3, 1), ["a", "b", "c"], "multilabel", n_bootstrap=300, seed=0)
+    assert res["overall"]["auc"]["ci"] == pytest.approx(res["tasks"]["a"]["auc"]["ci"])
+    weights = M._stratified_weights(np.array([0, 1, 1, 3, 3, 3, 2]), 50, rng)  # label tuples as stratum codes
+    task0 = np.array([0, 1, 1, 1, 1, 1, 0]).astype(bool)  # code & 1
+    np.testing.assert_array_equal(weights[:, task0].sum(axis=1), task0.sum())  # each task keeps its positive count
+
+
 def test_bootstrap_is_deterministic_for_a_seed():
     probs, labels = _multilabel()
     a = M.compute_metrics(probs, labels, TASKS, "multilabel", n_bootstrap=200, seed=3)

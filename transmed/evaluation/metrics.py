@@ -102,8 +102,9 @@ def compute_metrics(
     empty; ``overall`` holds auc, sensitivity, specificity, f1 (macro over classes, one-vs-rest),
     auc_macro (= auc), auc_micro, accuracy, balanced_accuracy (= sensitivity), f1_macro (= f1).
 
-    Intervals are percentile intervals of a stratified bootstrap (positives and negatives
-    resampled separately per task for multilabel; within each class for multiclass), widened
+    Intervals are percentile intervals of a stratified bootstrap of studies, one resample shared
+    by all tasks or classes (multilabel: within each combination of task labels; multiclass:
+    within each class), so the overall means carry the tasks' covariance. Intervals are widened
     where needed so that each contains its point value. A task with only one class present has
     NaN auc and average_precision, with a warning naming it; means skip NaN tasks.
     """
@@ -121,7 +122,10 @@ def compute_metrics(
             raise ValueError(f"thresholds for unknown tasks: {sorted(unknown)}")
         used = {name: float((thresholds or {}).get(name, 0.5)) for name in names}
         preds = scores >= np.array([used[name] for name in names])
-        weights = [_stratified_weights(targets[:, j], n_bootstrap, rng) for j in range(k)]
+        # one resample of studies for all tasks (they share studies, and their labels correlate), stratified on
+        # the label tuple: every task keeps its positive count, and the mean over tasks keeps their covariance
+        shared = _stratified_weights(targets.astype(np.int64) @ (1 << np.arange(k)), n_bootstrap, rng)
+        weights = [shared] * k
     else:
         if thresholds:
             warnings.warn("thresholds are ignored for multiclass (argmax prediction)", UserWarning)
