@@ -217,3 +217,18 @@ def test_synthetic_data_made_with_other_settings_is_not_reused(tmp_path):
     (root / "SYNTHETIC").unlink()  # as after an interrupted generation
     with pytest.raises(DataError, match="no complete synthetic dataset"):
         ensure_synthetic(load_config(None, settings))
+
+
+def test_worker_augmentation_replays_for_a_reseeded_generator(tiny_cfg):
+    """What the trainer does each epoch (reseed the loader's generator) must give the same augmented
+    batches with worker processes too, or a resumed run would not replay its epochs."""
+    cfg = tiny_cfg(**{"data.num_workers": "1", "train.batch_size": "2"})
+    generator = torch.Generator()
+    loader = build_loader(cfg, build_dataset(cfg, "train", train=True), train=True, generator=generator)
+
+    def first_batch(seed: int) -> torch.Tensor:
+        generator.manual_seed(seed)
+        return next(iter(loader))["x"]
+
+    a, b, other = first_batch(7), first_batch(7), first_batch(8)
+    assert torch.equal(a, b) and not torch.equal(a, other)

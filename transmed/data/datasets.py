@@ -263,7 +263,9 @@ def build_loader(
         shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        # training workers start afresh every epoch, seeded from `generator` (reseeded per epoch by the trainer):
+        # persistent ones would keep their first seeds, and a resumed run would not replay the augmentation
+        persistent_workers=workers > 0 and not train,
         pin_memory=str(cfg.train.device).startswith("cuda"),
         collate_fn=partial(pad_collate, modalities=list(cfg.data.modalities)),
         generator=generator,
