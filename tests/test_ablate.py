@@ -52,7 +52,8 @@ def test_fusion_ablation_trains_and_evaluates_each_baseline_and_survives_a_faile
     grid = [{"model.name": ["mrnet", "late_fusion", "cnn3d"]}, {"data.modalities": [["coronal"]]}, {"model.trainable_blocks": [9]}]
     path = ablation_file(tmp_path, grid, group="mini-fusion")
     with pytest.raises(SystemExit) as exited:  # the failed run makes the exit status 1, after the comparison
-        main([str(path), "--bootstrap", "50", *tiny_overrides(mrnet_root, tmp_path, **{"train.epochs": "1", "model.slice_stride": "3"})])
+        extra = {"train.epochs": "1", "model.slice_stride": "3", "data.val_fraction": "0.25"}  # MRNet valid becomes test
+        main([str(path), "--bootstrap", "50", *tiny_overrides(mrnet_root, tmp_path, **extra)])
     assert exited.value.code == 1
 
     out = tmp_path / "mini-fusion"
@@ -62,13 +63,14 @@ def test_fusion_ablation_trains_and_evaluates_each_baseline_and_survives_a_faile
     ok = frame[frame["status"] == "ok"]
     assert len(ok) == 4
     assert ((ok["val/auc_ci_low"] <= ok["val/auc"]) & (ok["val/auc"] <= ok["val/auc_ci_high"])).all()
+    assert ((ok["test/auc_ci_low"] <= ok["test/auc"]) & (ok["test/auc"] <= ok["test/auc_ci_high"])).all()
     assert (ok["sec/epoch"] > 0).all() and (ok["params/trainable"] > 0).all()
     single = frame[frame["run"] == "modalities-coronal"].iloc[0]
     assert single["model.name"] == "transmed" and single["data.modalities"] == "[coronal]"
     failed = frame[frame["status"] != "ok"].iloc[0]
     assert failed["run"] == "trainable_blocks-9" and "trainable_blocks" in failed["status"]
 
-    assert "| name-mrnet | mrnet |" in (out / "comparison.md").read_text()
+    assert "| name-mrnet | mrnet |" in (out / "comparison.md").read_text() and "test/auc [95% CI]" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 0
     run_cfg = load_config(out / "name-cnn3d" / "config.yaml")
     assert run_cfg.wandb.group == "mini-fusion" and "model.name=cnn3d" in run_cfg.wandb.tags
@@ -120,3 +122,10 @@ def test_cv_refuses_data_without_folds(tmp_path, mrnet_root):
     root = generate_nifti(tmp_path / "split", num_studies=5, with_split=True, seed=4)
     with pytest.raises(ConfigError, match="split column"):
         cv_main(["--config", str(ROOT / "configs" / "parotid.yaml"), *nifti_overrides(root, tmp_path)])
+
+
+def test_rerun_with_resume_auto_names_every_run(tmp_path, mrnet_root):
+    path = ablation_file(tmp_path, {"model.name": ["mrnet", "late_fusion"]}, group="again")
+    overrides = [item for item in tiny_overrides(mrnet_root, tmp_path) if not item.startswith("run_name=")]
+    configs = run_configs(load_ablation(path), [*overrides, "train.resume=auto"])  # no run_name: the ablation names each run
+    assert [cfg.run_name for cfg in configs] == ["again/name-mrnet", "again/name-late_fusion"]

@@ -178,7 +178,7 @@ def test_knee_config_trains_with_auc_per_task(tmp_path):
 
     from conftest import TINY_BACKBONE
 
-    root = generate_mrnet(tmp_path / "knee", 10, 6, 32, 3, 4, seed=1)  # seed 1: both classes of every task in both splits
+    root = generate_mrnet(tmp_path / "knee", 30, 4, 32, 3, 4, seed=1)  # seed 1: both classes of every task in valid
     overrides = {
         "data.root": root,
         "data.image_size": 32,

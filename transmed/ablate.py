@@ -11,8 +11,8 @@ FILE is YAML:
 
 `grid` may also be a list of such mappings; their runs are concatenated (a union of products).
 Extra `key=value` apply to every run. Each run is `{output_dir}/{group}/{run}/`, a W&B run in the
-group tagged with its varied values; its best checkpoint's validation AUC gets a bootstrap
-interval. The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`.
+group tagged with its varied values; its best checkpoint's AUC gets a bootstrap interval on
+valid (optimistic: valid also chose the epoch) and on test where the data has a test split. The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`.
 A failed run is a row with its error and does not stop the others. Run again with
 `train.resume=auto` to finish interrupted runs and keep finished ones.
 """
@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cli import add_overrides, fail, run_main
 from .config import ConfigError, is_list, load_config
+from .data import DataError, read_manifest
 from .engine import train
 from .evaluation.evaluate import load_trained, predict_split
 from .evaluation.metrics import compute_metrics
@@ -109,36 +110,54 @@ def run_configs(ablation: Ablation, overrides: Sequence[str] = ()) -> list[DictC
     """One validated config per run (a typo anywhere fails here, before anything trains)."""
     configs, names = [], set()
     for run in ablation.runs:
-        cfg = load_config(ablation.base, [*overrides, *(f"{key}={format_value(value)}" for key, value in run.items())])
         name = run_name(run)
         if name in names:
             name = f"{name}-{len(names)}"
         names.add(name)
-        cfg.run_name = f"{ablation.group}/{name}"
+        values = [f"{key}={format_value(value)}" for key, value in run.items()]
+        cfg = load_config(ablation.base, [*overrides, *values, f"run_name={ablation.group}/{name}"])
         cfg.wandb.group = ablation.group
         cfg.wandb.tags = [*cfg.wandb.tags, *(f"{key}={format_value(value)}" for key, value in run.items())]
         configs.append(cfg)
     return configs
 
 
-def bootstrap_auc(checkpoint: Path, n_bootstrap: int = 1000) -> dict:
-    """`{"value", "ci"}` of the checkpoint's validation AUC (mean over tasks, or macro over classes)."""
+def has_split(cfg: DictConfig, split: str) -> bool:
+    """Whether the data defines `split` with at least one study (a test split needs data.val_fraction for MRNet)."""
+    try:
+        return len(read_manifest(cfg, split)) > 0
+    except DataError:
+        return False
+
+
+def bootstrap_aucs(checkpoint: Path, n_bootstrap: int = 1000) -> dict[str, dict]:
+    """`{split: {"value", "ci"}}` of the checkpoint's AUC (mean over tasks, or macro over classes) on
+    `valid` and, where the data has one, `test`."""
     model, cfg, spec, _ = load_trained(checkpoint)
-    preds = predict_split(model, cfg, spec, "valid")
-    overall = compute_metrics(preds.probs, preds.labels, list(spec.names), spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)["overall"]
-    return overall["auc"] if "auc" in overall else overall["auc_macro"]
+    result = {}
+    for split in ("valid", "test"):
+        if split == "valid" or has_split(cfg, split):
+            preds = predict_split(model, cfg, spec, split)
+            metrics = compute_metrics(preds.probs, preds.labels, list(spec.names), spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)
+            result[split] = metrics["overall"]["auc"]
+    return result
 
 
 def run_result(run_dir: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
-    """val/auc at the best epoch with its bootstrap interval, parameter counts and mean seconds per epoch."""
+    """AUC with bootstrap intervals (valid at the best epoch, which valid also chose, so optimistic; test
+    where the data has it), parameter counts and mean seconds per epoch."""
     summary = json.loads((run_dir / "summary.json").read_text())
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    auc = bootstrap_auc(run_dir / "checkpoints" / "best.pt", n_bootstrap)
+    aucs = bootstrap_aucs(run_dir / "checkpoints" / "best.pt", n_bootstrap)
+    test = aucs.get("test", {"value": np.nan, "ci": [np.nan, np.nan]})
     return {
         "best_epoch": summary["best"]["epoch"],
         "val/auc": summary["best"]["val/auc"],
-        "val/auc_ci_low": auc["ci"][0],
-        "val/auc_ci_high": auc["ci"][1],
+        "val/auc_ci_low": aucs["valid"]["ci"][0],
+        "val/auc_ci_high": aucs["valid"]["ci"][1],
+        "test/auc": test["value"],
+        "test/auc_ci_low": test["ci"][0],
+        "test/auc_ci_high": test["ci"][1],
         "params/total": summary["params"]["total"],
         "params/trainable": summary["params"]["trainable"],
         "sec/epoch": float(np.mean([e["sec/epoch"] for e in epochs])),
@@ -185,6 +204,9 @@ def write_comparison(frame: pd.DataFrame, ablation: Ablation, overrides: Sequenc
         "val/auc",
         "val/auc_ci_low",
         "val/auc_ci_high",
+        "test/auc",
+        "test/auc_ci_low",
+        "test/auc_ci_high",
         "params/total",
         "params/trainable",
         "sec/epoch",
@@ -198,6 +220,11 @@ def write_comparison(frame: pd.DataFrame, ablation: Ablation, overrides: Sequenc
         f"{r['val/auc']:.3f} [{r['val/auc_ci_low']:.3f}, {r['val/auc_ci_high']:.3f}]" if good else ""
         for good, (_, r) in zip(ok, frame.iterrows())
     ]
+    if frame["test/auc"].notna().any():
+        table["test/auc [95% CI]"] = [
+            f"{r['test/auc']:.3f} [{r['test/auc_ci_low']:.3f}, {r['test/auc_ci_high']:.3f}]" if pd.notna(r["test/auc"]) else ""
+            for _, r in frame.iterrows()
+        ]
     table["best epoch"] = frame["best_epoch"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     table["params/trainable"] = frame["params/trainable"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     table["sec/epoch"] = frame["sec/epoch"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
@@ -208,7 +235,8 @@ def write_comparison(frame: pd.DataFrame, ablation: Ablation, overrides: Sequenc
 
 
 def plot_comparison(frame: pd.DataFrame, path: Path, title: str) -> None:
-    """val/auc per run (a point with its bootstrap interval); failed runs are marked."""
+    """AUC per run (a point with its bootstrap interval): test where every finished run has it, else
+    val at the best epoch; failed runs are marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,15 +246,16 @@ def plot_comparison(frame: pd.DataFrame, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.4 * n))
     y = np.arange(n)[::-1]
     ok = (frame["status"] == "ok").to_numpy()
-    auc = frame["val/auc"].to_numpy(dtype=float)
-    err = np.abs(np.stack([auc - frame["val/auc_ci_low"].to_numpy(dtype=float), frame["val/auc_ci_high"].to_numpy(dtype=float) - auc]))
+    key = "test/auc" if ok.any() and frame.loc[ok, "test/auc"].notna().all() else "val/auc"
+    auc = frame[key].to_numpy(dtype=float)
+    err = np.abs(np.stack([auc - frame[f"{key}_ci_low"].to_numpy(dtype=float), frame[f"{key}_ci_high"].to_numpy(dtype=float) - auc]))
     ax.errorbar(auc[ok], y[ok], xerr=err[:, ok], fmt="o", capsize=3)
     for yi in y[~ok]:
         ax.text(0.5, yi, "failed", ha="center", va="center", color="tab:red")
     ax.set_yticks(y, frame["run"])
     ax.set_xlim(0, 1.02)  # room for points at 1.0
     ax.axvline(0.5, color="grey", lw=0.5, ls="--")
-    ax.set_xlabel("val/auc at the best epoch (95% bootstrap interval)")
+    ax.set_xlabel(f"{key} of the best epoch's checkpoint (95% bootstrap interval)")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
