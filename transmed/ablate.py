@@ -12,8 +12,8 @@ FILE is YAML:
 `grid` may also be a list of such mappings; their runs are concatenated (a union of products).
 Extra `key=value` apply to every run. Each run is `{output_dir}/{group}/{run}/`, a W&B run in the
 group tagged with its varied values; its best checkpoint's AUC gets a bootstrap interval on
-valid (optimistic: valid also chose the epoch) and on test where the data has a test split. The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`.
-A failed run is a row with its error and does not stop the others. Run again with
+valid (optimistic: valid also chose the epoch) and on test where the data has a test split.
+The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`. A failed run is a row with its error and does not stop the others. Run again with
 `train.resume=auto` to finish interrupted runs and keep finished ones.
 """
 
