@@ -214,17 +214,20 @@ def test_attention_rollout_matches_hand_computation():
 
 def test_slice_index_and_to_slices_follow_the_model_grouping():
     model = TransMed(num_modalities=2, num_outputs=1, backbone=TINY_BACKBONE, depth=1, slice_stride=2)
-    index = X.slice_index(model, 8)
-    assert index.tolist() == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
-    values = torch.tensor([[3.0, 6.0, 9.0], [1.0, 2.0, 4.0]])
-    group_mask = torch.tensor([[True, True, True], [True, True, False]])
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 7:] = False  # 7 slices: ends on a group boundary
+    index = X.slice_index(model, mask)
+    assert index[0].tolist() == [[0, 1, 2], [2, 3, 4], [4, 5, 6], [6, 7, 7]]  # 8 slices: a tail group repeats slice 7
+    assert index[1, :3].tolist() == [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
+    values = torch.tensor([[3.0, 6.0, 9.0, 12.0], [1.0, 2.0, 4.0, 8.0]])
+    group_mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
     shared = X.to_slices(values, index, group_mask, 8, mean=False)
-    assert shared[0].tolist() == [1, 1, 3, 2, 5, 3, 3, 0]  # each group's value split over its 3 slices
-    assert shared[1].sum() == pytest.approx(3.0)  # the padded group adds nothing
+    assert shared[0].tolist() == [1, 1, 3, 2, 5, 3, 7, 8]  # each group's value split over its 3 channels
+    assert shared[0].sum() == pytest.approx(values[0].sum()) and shared[1].sum() == pytest.approx(3.0)  # padded groups add nothing
     averaged = X.to_slices(values, index, group_mask, 8, mean=True)
-    assert averaged[0].tolist() == [3, 3, 4.5, 6, 7.5, 9, 9, 0]
+    assert averaged[0].tolist() == [3, 3, 4.5, 6, 7.5, 9, 10.5, 12]
     replicate = TransMed(num_modalities=1, num_outputs=1, backbone=TINY_BACKBONE, depth=1, slice_mode="replicate", slice_stride=2)
-    assert X.slice_index(replicate, 5).tolist() == [[0, 0, 0], [2, 2, 2], [4, 4, 4]]
+    assert X.slice_index(replicate, torch.ones(1, 5, dtype=torch.bool))[0].tolist() == [[0, 0, 0], [2, 2, 2], [4, 4, 4]]
 
 
 def test_grad_cam_covers_real_groups_only():

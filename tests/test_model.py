@@ -77,8 +77,11 @@ def test_slice_grouping_windows_and_mask():
     assert images.shape == (1, 1, 4, 3, 2, 2)
     assert images[0, 0, 1, :, 0, 0].tolist() == [1.0, 2.0, 3.0]
     assert gmask.tolist() == [[[True, True, True, False]]]
-    images, gmask = group_slices(x, mask, window=3, stride=2)
-    assert gmask.tolist() == [[[True, True]]]
+    images, gmask = group_slices(x, mask, window=3, stride=2)  # 5 real slices end on a group boundary
+    assert gmask.tolist() == [[[True, True, False]]]
+    images, gmask = group_slices(x, mask, window=3, stride=3)  # a tail group repeats the last real slice
+    groups = [images[0, 0, g, :, 0, 0].tolist() for g in range(images.shape[2]) if gmask[0, 0, g]]
+    assert groups == [[0.0, 1.0, 2.0], [3.0, 4.0, 4.0]]
     rep, rmask = group_slices(x, mask, mode="replicate", stride=1)
     assert rep.shape == (1, 1, 6, 3, 2, 2) and rep[0, 0, 4, :, 0, 0].tolist() == [4.0, 4.0, 4.0]
     assert rmask.tolist() == mask.tolist()

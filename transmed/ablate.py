@@ -13,8 +13,9 @@ FILE is YAML:
 Extra `key=value` apply to every run. Each run is `{output_dir}/{group}/{run}/`, a W&B run in the
 group tagged with its varied values; its best checkpoint's AUC gets a bootstrap interval on
 valid (optimistic: valid also chose the epoch) and on test where the data has a test split.
-The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`. A failed run is a row with its error and does not stop the others. Run again with
-`train.resume=auto` to finish interrupted runs and keep finished ones.
+The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`. A failed run is a row with its
+error and does not stop the others. Run again with `train.resume=auto` to finish interrupted runs
+and keep finished ones.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class ModelConfig:
     stem_stage: int = -1  # which feature stage of the timm CNN feeds the tokens
     grid_size: int = 2  # each slice-image's feature map is pooled to grid_size x grid_size tokens
     slice_window: int = 3
-    slice_stride: int = 1  # >1: groups start every stride slices; a tail shorter than a group is not seen
+    slice_stride: int = 1  # >1: a group every stride slices (a tail group repeats the last slice where needed)
     slice_mode: str = "group"  # group (adjacent slices as RGB) | replicate (one slice on 3 channels)
     depth: Optional[int] = None  # transformer depth; None takes the variant's default
     dropout: float = 0.1

@@ -51,15 +51,17 @@ def attention_rollout(attention: torch.Tensor, key_mask: torch.Tensor) -> torch.
     return relevance / relevance.sum(dim=-1, keepdim=True)
 
 
-def slice_index(model: TransMed, num_slices: int) -> torch.Tensor:
-    """(G, 3) long: the slices on the three channels of each slice group, from the model's own grouping."""
-    ramp = torch.arange(num_slices, dtype=torch.float32).view(1, 1, num_slices, 1, 1)
-    images, _ = group_slices(ramp, torch.ones(1, 1, num_slices, dtype=torch.bool), model.slice_window, model.slice_stride, model.slice_mode)
-    return images[0, 0, :, :, 0, 0].long()
+def slice_index(model: TransMed, mask: torch.Tensor) -> torch.Tensor:
+    """(M, G, 3) long: the slices on the three channels of each slice group of one study, mask (M, S),
+    from the model's own grouping (a stack's tail group depends on its own slice count)."""
+    m, s = mask.shape
+    ramp = torch.arange(s, dtype=torch.float32).view(1, 1, s, 1, 1).expand(1, m, s, 1, 1)
+    images, _ = group_slices(ramp, mask[None].cpu(), model.slice_window, model.slice_stride, model.slice_mode)
+    return images[0, :, :, :, 0, 0].long()
 
 
 def to_slices(values: torch.Tensor, index: torch.Tensor, group_mask: torch.Tensor, num_slices: int, mean: bool) -> torch.Tensor:
-    """Per-group values (M, G, ...) -> per-slice values (M, num_slices, ...) through `index` (G, 3).
+    """Per-group values (M, G, ...) -> per-slice values (M, num_slices, ...) through `index` (M, G, 3).
 
     `mean=False` splits each group's value equally over its three channels (totals are kept);
     `mean=True` averages the groups covering a slice. Slices no real group covers get 0.
@@ -68,9 +70,10 @@ def to_slices(values: torch.Tensor, index: torch.Tensor, group_mask: torch.Tenso
     width = max(num_slices, int(index.max()) + 1)  # groups of a too-short stack index past its end
     out = values.new_zeros(values.shape[0], width, *values.shape[2:])
     count = values.new_zeros(values.shape[0], width)
-    for c in range(index.shape[1]):
-        out.index_add_(1, index[:, c], values if mean else values / index.shape[1])
-        count.index_add_(1, index[:, c], group_mask.to(values.dtype))
+    for modality in range(values.shape[0]):
+        for c in range(index.shape[-1]):
+            out[modality].index_add_(0, index[modality, :, c], values[modality] if mean else values[modality] / index.shape[-1])
+            count[modality].index_add_(0, index[modality, :, c], group_mask[modality].to(values.dtype))
     if mean:
         out = out / count.clamp(min=1).view(*count.shape, *([1] * (values.dim() - 2)))
     return out[:, :num_slices]
@@ -154,7 +157,7 @@ def explain_study(
     g = int(layout[:, 1].max()) + 1
     group_relevance = torch.zeros(m, g).index_put_((layout[:, 0], layout[:, 1]), relevance, accumulate=True)
     group_mask = torch.zeros(m, g, dtype=torch.bool).index_put_((layout[:, 0], layout[:, 1]), maps["key_mask"][0, 1:].cpu())
-    index = slice_index(model, s)
+    index = slice_index(model, mask[0])
     slice_relevance = to_slices(group_relevance, index, group_mask, s, mean=False)
     cams = grad_cam(model, x, mask, outputs).cpu()
     slice_cams = [to_slices(c, index, group_mask, s, mean=True) for c in cams]  # each (M, S, H, W)

@@ -16,6 +16,8 @@ def group_slices(
     """Adjacent slices become 3-channel images (TransMed); a group is real only if all its slices are.
 
     x: (B, M, S, H, W), mask: (B, M, S) -> images (B, M, G, 3, H, W), group mask (B, M, G).
+    With `stride` > 1 a stack whose real slices do not end on a group boundary gets one more group
+    that repeats its last slice (8 slices, stride 3: 0-1-2, 3-4-5, 6-7-7), so no slice is left out.
     `mode="replicate"` puts each single slice (every `stride`-th) on all three channels instead.
     """
     if mode == "replicate":
@@ -25,6 +27,8 @@ def group_slices(
         raise ValueError(f"unknown slice grouping mode {mode!r}; expected 'group' or 'replicate'")
     if window != 3:
         raise ValueError(f"slice_window must be 3 for mode 'group' (one slice per RGB channel), got {window}")
+    if stride > 1:
+        x, mask = _extend_tails(x, mask, window, stride)
     s = x.shape[2]
     if s < window:  # too short a padded stack: pad so unfold yields one (masked-out) group
         x = F.pad(x, (0, 0, 0, 0, 0, window - s))
@@ -32,6 +36,22 @@ def group_slices(
     images = rearrange(x.unfold(2, window, stride), "b m g h w c -> b m g c h w")
     group_mask = mask.unfold(2, window, stride).all(dim=-1)
     return images, group_mask
+
+
+def _extend_tails(x: torch.Tensor, mask: torch.Tensor, window: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each stack's last real slice repeated until its real slices end on a group boundary.
+
+    Stacks get `stride - 1` more positions; what a stack gains depends on its own real slices only
+    (padding and batch mates cannot change it).
+    """
+    b, m, s = mask.shape
+    j = torch.arange(s + stride - 1, device=mask.device)
+    count = (mask * torch.arange(1, s + 1, device=mask.device)).amax(dim=-1)  # last real slice + 1 (0: none)
+    extended = torch.where(count >= window, window + (count - window + stride - 1) // stride * stride, count)
+    index = torch.minimum(j.expand(b, m, -1), (count - 1).clamp(min=0).unsqueeze(-1))
+    new_mask = mask.gather(2, index) & (j < extended.unsqueeze(-1))
+    new_x = x.gather(2, index.view(b, m, -1, 1, 1).expand(-1, -1, -1, *x.shape[-2:]))
+    return new_x, new_mask
 
 
 def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
