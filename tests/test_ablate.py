@@ -103,6 +103,10 @@ def test_cv_trains_every_fold_as_one_group_and_summarises(tmp_path):
 
     summary = json.loads((tmp_path / "runs" / "cv" / "cv_summary.json").read_text())
     assert summary["num_folds"] == 2 and [fold["fold"] for fold in summary["folds"]] == [0, 1]
+    assert summary["metric_epoch"] == "last"
+    for fold in summary["folds"]:  # the last epoch's metrics: the validation fold chose nothing
+        last = json.loads((Path(fold["run_dir"]) / "summary.json").read_text())["last"]
+        assert fold["epoch"] == last["epoch"] and fold["val/auc"] == last["val/auc"]
     valid_ids = []
     for k, fold in enumerate(summary["folds"]):
         cfg = load_config(Path(fold["run_dir"]) / "config.yaml")

@@ -2,7 +2,9 @@
 
 Trains every fold k < `data.num_folds` (`data.fold=k`) as the run `{run_name}/fold{k}`, all in the
 W&B group `{run_name}`, then writes `{output_dir}/{run_name}/cv_summary.json`: each fold's
-validation metrics at its best epoch, and their mean and standard deviation over folds.
+validation metrics and their mean and standard deviation over folds. `--epoch last` (default) takes
+the last epoch, which the validation fold did not choose; `--epoch best` takes each fold's best
+epoch by val/auc, which is optimistic because the same fold picked it.
 """
 
 from __future__ import annotations
@@ -58,13 +60,20 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and bool(np.isfinite(value))
 
 
-def summarize_folds(run_dirs: Sequence[Path]) -> dict[str, Any]:
-    """Per fold the `val/*` metrics of its best epoch; their mean and std (ddof=1) over the folds where finite."""
+def summarize_folds(run_dirs: Sequence[Path], epoch: str = "last") -> dict[str, Any]:
+    """Per fold the `val/*` metrics of its `last` or `best` epoch; their mean and std (ddof=1) over the folds where finite."""
+    if epoch not in ("last", "best"):
+        raise ValueError(f"epoch must be 'last' or 'best', not {epoch!r}")
     folds = []
     for k, run_dir in enumerate(run_dirs):
-        best = json.loads((Path(run_dir) / "summary.json").read_text())["best"]
+        record = json.loads((Path(run_dir) / "summary.json").read_text())[epoch]
         folds.append(
-            {"fold": k, "run_dir": str(run_dir), "epoch": best["epoch"], **{key: v for key, v in best.items() if key.startswith("val/")}}
+            {
+                "fold": k,
+                "run_dir": str(run_dir),
+                "epoch": record["epoch"],
+                **{key: v for key, v in record.items() if key.startswith("val/")},
+            }
         )
     keys = [key for key in folds[0] if key.startswith("val/")]
     mean, std = {}, {}
@@ -72,23 +81,26 @@ def summarize_folds(run_dirs: Sequence[Path]) -> dict[str, Any]:
         values = np.array([fold[key] for fold in folds if _finite(fold.get(key))], dtype=float)
         mean[key] = float(values.mean()) if values.size else None
         std[key] = float(values.std(ddof=1)) if values.size > 1 else None
-    return {"num_folds": len(folds), "metric_epoch": "best", "folds": folds, "mean": mean, "std": std}
+    return {"num_folds": len(folds), "metric_epoch": epoch, "folds": folds, "mean": mean, "std": std}
 
 
-def run_cv(cfg: DictConfig) -> Path:
+def run_cv(cfg: DictConfig, epoch: str = "last") -> Path:
     """Trains every fold, writes and returns `{output_dir}/{run_name}/cv_summary.json`."""
     run_dirs = [train(fold) for fold in fold_configs(cfg)]
     path = Path(cfg.output_dir) / cfg.run_name / "cv_summary.json"
-    write_json(path, summarize_folds(run_dirs))
+    write_json(path, summarize_folds(run_dirs, epoch))
     return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="k-fold cross-validation: every fold trained, one summary.")
     parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument(
+        "--epoch", choices=("last", "best"), default="last", help="which epoch's metrics (best: chosen on the same fold, optimistic)"
+    )
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)
-    path = run_cv(config_from_cli(args.config, args.overrides))
+    path = run_cv(config_from_cli(args.config, args.overrides), args.epoch)
     summary = json.loads(path.read_text())
     for key, value in summary["mean"].items():
         if value is not None:
