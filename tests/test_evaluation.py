@@ -21,7 +21,7 @@ from transmed.engine.inference import Predictions
 from transmed.evaluation import compare as C
 from transmed.evaluation import explain as X
 from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, load_trained, log_evaluation_run, predictions_frame
-from transmed.evaluation.metrics import compute_metrics, delong_test, to_jsonable
+from transmed.evaluation.metrics import compute_metrics, delong_test, holm_adjust, to_jsonable
 from transmed.evaluation.predict import study_probabilities
 from transmed.models import TransMed, build_model
 
@@ -163,6 +163,8 @@ def test_compare_table_and_delong_on_shared_studies(tmp_path, capsys):
         row = tests[tests["task"] == task].iloc[0]
         assert row["diff"] == pytest.approx(expected["diff"]) and row["p_value"] == pytest.approx(expected["p_value"])
         assert row["diff"] > 0 and row["p_value"] < 0.05
+    assert tests["p_holm"].tolist() == pytest.approx(holm_adjust(tests["p_value"].tolist()))
+    assert (tests["p_holm"] >= tests["p_value"]).all()
     assert len(result["skipped"]) == 2 and all("not on the same studies" in s for s in result["skipped"])
 
     from transmed.compare import main

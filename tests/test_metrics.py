@@ -215,6 +215,12 @@ def _delong_brute_force(y: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> tuple[
     return comps[0][0] - comps[1][0], cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
 
 
+def test_holm_adjustment_hand_computed():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06; input order kept
+    assert M.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert M.holm_adjust([0.5, 0.6]) == pytest.approx([1.0, 1.0]) and M.holm_adjust([]) == []
+
+
 def test_delong_test():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 150)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .metrics import delong_test
+from .metrics import delong_test, holm_adjust
 
 
 @dataclass
@@ -73,7 +73,7 @@ def paired_tests(a: Evaluation, b: Evaluation) -> list[dict]:
     """DeLong test of AUC(a) - AUC(b) per task/class both share, on their common studies.
 
     The two must cover the same studies with the same labels (else `ValueError`). p-values are
-    per task, not corrected for multiple comparisons.
+    per task; `compare` adds Holm-adjusted ones over all its tests.
     """
     pa, pb = a.predictions, b.predictions
     if set(pa["id"]) != set(pb["id"]):
@@ -103,6 +103,9 @@ def compare(paths: Sequence[str | Path]) -> dict:
             tests.extend(paired_tests(a, b))
         except ValueError as err:
             skipped.append(str(err))
+    tested = [row for row in tests if "p_value" in row]
+    for row, adjusted in zip(tested, holm_adjust([row["p_value"] for row in tested])):
+        row["p_holm"] = adjusted  # family-wise over every pair and task compared here
     return {"table": comparison_table(evaluations), "tests": tests, "skipped": skipped}
 
 
@@ -111,9 +114,13 @@ def format_comparison(result: dict) -> str:
     lines = [result["table"].to_string(index=False)]
     if result["tests"]:
         tests = pd.DataFrame(result["tests"])
-        for column in ("auc1", "auc2", "diff", "z"):
+        for column in ("auc1", "auc2", "diff", "z", "p_value", "p_holm"):
             if column in tests:
                 tests[column] = tests[column].round(4)
-        lines += ["", "Paired DeLong tests of AUC(a) - AUC(b), two-sided, uncorrected:", tests.to_string(index=False)]
+        lines += [
+            "",
+            "Paired DeLong tests of AUC(a) - AUC(b), two-sided (p_holm: Holm-adjusted over all rows):",
+            tests.to_string(index=False),
+        ]
     lines += [f"no paired test: {reason}" for reason in result["skipped"]]
     return "\n".join(lines)

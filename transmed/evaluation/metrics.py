@@ -14,6 +14,7 @@ Confidence intervals come from a stratified bootstrap expressed as per-sample re
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -192,6 +193,16 @@ def youden_thresholds(probs: np.ndarray, labels: np.ndarray, names: list[str], k
         finite = np.isfinite(thr)
         out[name] = float(thr[finite][np.argmax((tpr - fpr)[finite])])
     return out
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over all the tests given), in input order."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted.tolist()
 
 
 def delong_test(y_true: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> dict:
