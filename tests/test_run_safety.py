@@ -112,8 +112,8 @@ def test_non_finite_loss_names_epoch_step_and_studies(mrnet_root, tmp_path, monk
 
     real = trainer.build_loss
 
-    def poisoned(spec, labels):
-        loss = real(spec, labels)
+    def poisoned(spec, labels, *args):
+        loss = real(spec, labels, *args)
         calls = {"n": 0}
 
         def forward(logits, y):

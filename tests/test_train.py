@@ -96,3 +96,18 @@ def test_train_and_evaluate_commands(mrnet_root, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run / "eval-valid" / "metrics.json").is_file()
+
+
+def test_loss_weights_come_from_training_prevalence():
+    from transmed.data import LabelSpec
+    from transmed.engine.losses import build_loss
+
+    labels = np.array([[1, 0], [0, 0], [0, 1], [0, 0]])  # task a: 1 of 4 positive, task b: 1 of 4
+    loss = build_loss(LabelSpec("multilabel", ("a", "b")), labels)
+    assert loss.pos_weight.tolist() == [3.0, 3.0]
+    assert build_loss(LabelSpec("multilabel", ("a", "b")), labels, balanced=False).pos_weight is None
+    classes = LabelSpec("multiclass", ("x", "y", "z"))
+    weights = build_loss(classes, np.array([0, 0, 0, 1, 1, 2])).weight  # counts 3, 2, 1
+    assert weights.tolist() == pytest.approx([6 / 9, 6 / 6, 6 / 3])
+    with pytest.raises(ValueError, match="task 'b' has 0 positive"):
+        build_loss(LabelSpec("multilabel", ("a", "b")), np.array([[1, 0], [0, 0]]))

@@ -92,6 +92,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     checkpoint_stem: bool = False  # activation checkpointing of the stem
     accumulate: int = 1  # gradient accumulation steps
+    class_weights: bool = True  # pos_weight (multilabel) / inverse-frequency class weights; false: calibrated probabilities
 
 
 @dataclass

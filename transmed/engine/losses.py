@@ -9,18 +9,23 @@ from torch import nn
 from ..data.datasets import LabelSpec
 
 
-def build_loss(spec: LabelSpec, train_labels: np.ndarray) -> nn.Module:
-    """BCE-with-logits with `pos_weight = negatives/positives` per task, or CE with inverse-frequency class weights."""
+def build_loss(spec: LabelSpec, train_labels: np.ndarray, balanced: bool = True) -> nn.Module:
+    """BCE-with-logits with `pos_weight = negatives/positives` per task, or CE with inverse-frequency class weights.
+
+    Weighting trades calibration for sensitivity to the rare class: the weighted loss is minimised by
+    probabilities shifted towards it (AUC is unaffected). `balanced=False` (`train.class_weights=false`)
+    trains unweighted, for calibrated probabilities.
+    """
     if spec.kind == "multilabel":
         pos = train_labels.sum(axis=0)
         neg = len(train_labels) - pos
         for name, p, n in zip(spec.names, pos, neg):
             if p == 0 or n == 0:
                 raise ValueError(f"task '{name}' has {int(p)} positive and {int(n)} negative training studies; it cannot be learned")
-        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(neg / pos, dtype=torch.float32))
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor(neg / pos, dtype=torch.float32) if balanced else None)
     counts = np.bincount(train_labels.astype(int), minlength=spec.num_outputs).astype(np.float64)
     missing = [name for name, c in zip(spec.names, counts) if c == 0]
     if missing:
         raise ValueError(f"classes {missing} have no training studies")
     weights = counts.sum() / (len(counts) * counts)
-    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32) if balanced else None)

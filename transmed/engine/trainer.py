@@ -190,7 +190,8 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     train_loader = build_loader(cfg, train_ds, train=True, sampler=train_sampler, generator=generator)
     val_loader = build_loader(cfg, val_ds, train=False, sampler=val_sampler)
 
-    criterion = build_loss(spec, np.stack([item["label"] for item in train_ds.data])).to(device)  # studies kept after screening
+    labels = np.stack([item["label"] for item in train_ds.data])  # studies kept after screening
+    criterion = build_loss(spec, labels, cfg.train.class_weights).to(device)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
     scheduler = warmup_cosine(optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
