@@ -41,6 +41,12 @@ def tiny_overrides(root: Path, out: Path, **extra: str) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def tiny_nifti_overrides(root: Path, out: Path, **extra: str) -> list[str]:
+    """`tiny_overrides` for the NIfTI layout (configs/parotid.yaml): runs under out/runs, the cache under out/cache."""
+    nifti = {"data.format": "nifti", "model.pretrained": "false", "train.epochs": "1", "data.cache_dir": str(out / "cache")}
+    return tiny_overrides(root, out / "runs", **{**nifti, **extra})
+
+
 @pytest.fixture
 def tiny_cfg(mrnet_root, tmp_path):
     from transmed.config import load_config

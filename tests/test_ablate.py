@@ -11,7 +11,7 @@ from transmed.config import ConfigError, load_config
 from transmed.cv import main as cv_main
 from transmed.data import generate_nifti, read_manifest
 
-from conftest import TINY_BACKBONE, tiny_overrides
+from conftest import tiny_nifti_overrides, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,23 +77,7 @@ def test_fusion_ablation_trains_and_evaluates_each_baseline_and_survives_a_faile
 
 
 def nifti_overrides(root: Path, out: Path, **extra: str) -> list[str]:
-    base = {
-        "data.root": str(root),
-        "data.image_size": "32",
-        "data.num_folds": "2",
-        "data.cache_dir": str(out / "cache"),
-        "output_dir": str(out / "runs"),
-        "run_name": "cv",
-        "model.backbone": TINY_BACKBONE,
-        "model.pretrained": "false",
-        "model.depth": "1",
-        "model.slice_stride": "2",
-        "train.epochs": "1",
-        "train.batch_size": "4",
-        "wandb.mode": "disabled",
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
+    return tiny_nifti_overrides(root, out, **{"data.num_folds": "2", "run_name": "cv", **extra})
 
 
 def test_cv_trains_every_fold_as_one_group_and_summarises(tmp_path):

@@ -16,7 +16,7 @@ from transmed.data.datasets import cache_folder, pipeline, preprocessing
 from transmed.data.nifti import nifti_preprocess
 from transmed.data.synthetic import NIFTI_CLASSES, parotid_phantom, sequence_grids, world_points
 
-from conftest import TINY_BACKBONE
+from conftest import tiny_nifti_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -43,22 +43,7 @@ def parotid_root(tmp_path_factory) -> Path:
 
 
 def nifti_cfg(root: Path, tmp_path: Path, **extra: str):
-    base = {
-        "data.root": str(root),
-        "data.image_size": "32",
-        "output_dir": str(tmp_path / "runs"),
-        "run_name": "tiny",
-        "model.backbone": TINY_BACKBONE,
-        "model.pretrained": "false",
-        "model.depth": "1",
-        "model.slice_stride": "2",
-        "train.epochs": "1",
-        "train.batch_size": "4",
-        "data.cache_dir": str(tmp_path / "cache"),
-        "wandb.mode": "disabled",
-    }
-    base.update(extra)
-    return load_config(ROOT / "configs" / "parotid.yaml", [f"{k}={v}" for k, v in base.items()])
+    return load_config(ROOT / "configs" / "parotid.yaml", tiny_nifti_overrides(root, tmp_path, **extra))
 
 
 def write_study(folder: Path, volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Sampler
 
 from .collate import pad_collate
-from .errors import DataError, OnError, catch_study_error, study_error_in
+from .errors import DataError, OnError, catch_study_error
 from .mrnet import read_mrnet
 from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
 from .synthetic import MARKER, generate_mrnet
@@ -179,20 +179,26 @@ def _screen(items: Sequence[dict], run: Callable[[int], object], on_error: OnErr
 
 
 class _CollectingCacheDataset(CacheDataset):
-    """CacheDataset whose cache-filling threads never raise: failures are collected in `failures`
-    (index, error) for the caller to raise once the pool is done. An exception escaping MONAI's
-    thread pool while other threads are still inside torch aborts the interpreter at exit."""
+    """CacheDataset whose cache-filling threads never raise: failures are kept in `failures`
+    (index -> error) for `build_dataset` to hand to `data.on_error` once the pool is done. An
+    exception escaping MONAI's thread pool while other threads are still inside torch aborts the
+    interpreter at exit."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self.failures: list[tuple[int, Exception]] = []
+        self.failures: dict[int, Exception] = {}
         super().__init__(*args, **kwargs)
 
     def _load_cache_item(self, idx: int):
         try:
             return super()._load_cache_item(idx)
-        except Exception as err:  # noqa: BLE001 - re-raised by build_dataset, in study order
-            self.failures.append((idx, err))
+        except Exception as err:  # noqa: BLE001 - handed to data.on_error by build_dataset, in study order
+            self.failures[idx] = err
             return None
+
+
+def _raise_failure(failures: dict[int, Exception], index: int) -> None:
+    if index in failures:
+        raise failures[index]
 
 
 def _is_cached(ds: PersistentDataset, item: dict) -> bool:
@@ -220,13 +226,11 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, manifest: Optional[l
         if len(good) < len(items):
             ds = make(good)
     else:
-        if on_error.mode == "skip":
-            check = preprocessing(cfg)
-            items = _screen(items, lambda i: check(dict(items[i])), on_error)
-        ds = _CollectingCacheDataset(items, transform, cache_rate=1.0, num_workers=None, progress=False)
-        if ds.failures:
-            _, err = min(ds.failures, key=lambda failure: failure[0])
-            raise study_error_in(err) or err
+        make = partial(_CollectingCacheDataset, transform=transform, cache_rate=1.0, num_workers=None, progress=False)
+        ds = make(items)
+        good = _screen(items, partial(_raise_failure, ds.failures), on_error)
+        if len(good) < len(items):
+            ds = make(good)
     ds.skipped = [*getattr(manifest, "skipped", []), *on_error.skipped]
     return ds
 

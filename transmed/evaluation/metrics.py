@@ -123,24 +123,21 @@ def compute_metrics(
             raise ValueError(f"thresholds for unknown tasks: {sorted(unknown)}")
         used = {name: float((thresholds or {}).get(name, 0.5)) for name in names}
         preds = scores >= np.array([used[name] for name in names])
-        # one resample of studies for all tasks (they share studies, and their labels correlate), stratified on
-        # the label tuple: every task keeps its positive count, and the mean over tasks keeps their covariance
-        shared = _stratified_weights(targets.astype(np.int64) @ (1 << np.arange(k)), n_bootstrap, rng)
-        weights = [shared] * k
     else:
         if thresholds:
             warnings.warn("thresholds are ignored for multiclass (argmax prediction)", UserWarning)
         used = {}
         preds = scores.argmax(axis=1)[:, None] == np.arange(k)
-        shared = _stratified_weights(targets.argmax(axis=1), n_bootstrap, rng)
-        weights = [shared] * k
+    # one resample of studies for all tasks (they share studies, and their labels correlate), stratified on the
+    # label tuple (multiclass: the class): every task keeps its positive count, and means over tasks keep their covariance
+    shared = _stratified_weights(targets.astype(np.int64) @ (1 << np.arange(k)), n_bootstrap, rng)
 
     point, boot = {}, {}
     for j, name in enumerate(names):
         y = targets[:, j]
         unit = _binary_metrics(scores[:, j], y, preds[:, j], np.ones((1, n)))
         point[name] = {m: v[0] for m, v in unit.items()}
-        boot[name] = _binary_metrics(scores[:, j], y, preds[:, j], weights[j])
+        boot[name] = _binary_metrics(scores[:, j], y, preds[:, j], shared)
         if y.all() or not y.any():
             warnings.warn(f"task {name!r} has only one class in labels; auc and average_precision are NaN", UserWarning)
             for m in ("auc", "average_precision"):
