@@ -1,22 +1,7 @@
-"""Train a model: python train.py --config configs/knee.yaml [key=value ...]"""
+"""Train a model: python train.py --config configs/knee.yaml [key=value ...] (same as `transmed train`)."""
 
-import argparse
-import os
-
-from transmed.cli import add_overrides, run_main
-from transmed.config import config_from_cli
-from transmed.engine import train
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="YAML config file")
-    add_overrides(parser)
-    args = parser.parse_intermixed_args()
-    run_dir = train(config_from_cli(args.config, args.overrides))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun every process returns here
-        print(f"run written to {run_dir}")
-
+from transmed.commands import train
+from transmed.commands._common import run_main
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(train.main)

@@ -16,7 +16,7 @@ TINY_BACKBONE = "test_resnet"  # timm's small test network: real CNN stages, fas
 
 @pytest.fixture(scope="session")
 def mrnet_root(tmp_path_factory) -> Path:
-    from transmed.data.synthetic import generate_mrnet
+    from transmed.data.synthesis import generate_mrnet
 
     root = tmp_path_factory.mktemp("mrnet")
     return generate_mrnet(root, num_train=24, num_valid=12, image_size=32, min_slices=4, max_slices=7, seed=1)

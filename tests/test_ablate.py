@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from transmed.ablate import expand_grid, load_ablation, main, run_ablation, run_configs
+from transmed.commands.ablate import main
+from transmed.experiments.ablation import expand_grid, load_ablation, run_ablation, run_configs
 from transmed.config import ConfigError, load_config
-from transmed.cv import main as cv_main
+from transmed.commands.cv import main as cv_main
 from transmed.data import generate_nifti, read_manifest
 
 from conftest import tiny_nifti_overrides, tiny_overrides

@@ -1,12 +1,19 @@
-"""The stem fast paths compute what the default path computes; the benchmark runs and writes its report."""
+"""The stem fast paths compute what the default path computes; the benchmark measures, decides and reports."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from transmed import TransMed, list_models
-from transmed.bench import bench_models, main, render
+from transmed.commands.bench import main
+from transmed.core.errors import UsageError
+from transmed.experiments.benchmark import bench_models, load_runs, render
+from transmed.experiments.benchmark.loader import generate_studies
+from transmed.experiments.benchmark.measure import Case, measure, ratio_rounds, verdict
+from transmed.experiments.benchmark.plan import LoaderShape
 from transmed.models import build_model
 
 from conftest import TINY_BACKBONE
@@ -92,34 +99,106 @@ def test_bench_covers_transmed_and_every_registered_baseline():
     assert set(names[2:]) == {n for n in list_models() if not n.startswith("transmed")}
 
 
-def test_bench_smoke_writes_json_and_markdown(tmp_path):
+def test_measure_interleaves_rounds_and_reports_median_and_spread():
+    order, times = [], {"a": iter([0.03, 0.01, 0.02]), "b": iter([0.0, 0.0, 0.0])}
+
+    def step(name):
+        def run():
+            order.append(name)
+            time_s = next(times[name])
+            if time_s:
+                torch.ones(1)  # something to do
+                import time
+
+                time.sleep(time_s)
+
+        return run
+
+    rows = measure([Case({"case": "a"}, step("a"), 2), Case({"case": "b"}, step("b"), 2)], torch.device("cpu"), rounds=3)
+    assert order == ["a", "b"] * 3  # round by round, each case once per round
+    a = rows[0]
+    assert len(a["ms_rounds"]) == 3 and a["ms_low"] <= a["ms"] <= a["ms_high"]
+    assert a["ms"] == sorted(a["ms_rounds"])[1] and 15 <= a["ms"] < 30  # the median round, not the fastest
+    assert a["spread"] == pytest.approx((a["ms_high"] - a["ms_low"]) / a["ms"])
+    assert a["studies_per_s"] == pytest.approx(2 / (a["ms"] / 1000)) and "cpu_ms" in a and a["peak_mib"] >= 0
+
+
+def test_ratios_are_taken_round_by_round():
+    r = ratio_rounds([10.0, 30.0, 12.0], [5.0, 15.0, 4.0])
+    assert r["ratio_rounds"] == [2.0, 2.0, 3.0] and r["ratio"] == 2.0 and (r["ratio_low"], r["ratio_high"]) == (2.0, 3.0)
+
+
+def test_no_verdict_where_the_spread_is_wider_than_the_margin():
+    assert verdict(1.05, 1.04, 1.06, 1.15) == "meets"
+    assert verdict(1.30, 1.25, 1.35, 1.15) == "misses"
+    assert verdict(1.10, 0.95, 1.30, 1.15) == "undecided"  # rounds on both sides of the goal
+    assert verdict(1.00, 0.90, 1.12, 1.15) == "undecided"  # all rounds meet it, but the spread (0.22) > margin (0.15)
+    assert verdict(2.5, 2.4, 2.6, 2.0, at_most=False) == "meets" and verdict(1.5, 1.4, 1.6, 2.0, at_most=False) == "misses"
+
+
+def test_generated_parts_merge_into_one_mrnet_set(tmp_path):
+    from transmed.data.mrnet import read_mrnet
+    from transmed.data.synthesis import PLANES
+
+    shape = LoaderShape("tiny", 3, 3, 5, 16, 16, 2)
+    made = generate_studies(tmp_path / "data", 5, 2, shape, workers=2)
+    assert made["processes"] == 3 and made["bytes"] > 0
+    train = read_mrnet(tmp_path / "data", "train", PLANES, ["abnormal", "acl", "meniscus"])
+    valid = read_mrnet(tmp_path / "data", "valid", PLANES, ["abnormal", "acl", "meniscus"])
+    assert [s["id"] for s in train] == ["0000", "0001", "0002", "0003", "0004"] and [s["id"] for s in valid] == ["0005", "0006"]
+    stack = __import__("numpy").load(train[3]["coronal"])
+    assert stack.dtype.name == "uint8" and stack.shape[1:] == (16, 16) and 3 <= stack.shape[0] <= 5
+    assert not list((tmp_path / "data").glob(".part*"))
+
+
+def test_bench_smoke_writes_json_and_markdown(tmp_path, monkeypatch):
+    from transmed.experiments.benchmark import loader as loader_module
+
+    # the RSS points in this process (a fresh interpreter per point is tested once, below)
+    monkeypatch.setattr(loader_module, "run_rss_child", lambda request, log: loader_module.rss_child(request))
     out, md = tmp_path / "runs" / "cpu-smoke.json", tmp_path / "BENCHMARKS.md"
     threads = torch.get_num_threads()
     try:
         args = ["--smoke", "--device", "cpu", "--threads", "1", "--models", "transmed_tiny,late_fusion"]
-        main([*args, "--out", str(out), "--md-out", str(md)])
+        main([*args, "--out", str(out), "--md-out", str(md), "--work-dir", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
     result = json.loads(out.read_text())
-    assert result["mode"] == "smoke" and result["machine"]["device"].startswith("CPU, ")
+    assert result["schema"] == 2 and result["mode"] == "smoke" and result["machine"]["device"].startswith("CPU, ")
+    assert result["sections"] == ["throughput", "fusion", "scaling", "loader", "rss", "fast_paths"]
+    contention = result["contention"]
+    assert contention["cores"] >= 1 and contention["load_start"] is not None and contention["load_end"] is not None
     assert {r["model"] for r in result["throughput"]} == {"transmed_tiny", "late_fusion"}
     assert {r["mode"] for r in result["throughput"]} == {"train", "infer"}
     for row in result["throughput"]:
-        assert row["studies_per_s"] > 0 and row["peak_mib"] >= 0
+        assert row["studies_per_s"] > 0 and row["peak_mib"] >= 0 and row["ms_low"] <= row["ms"] <= row["ms_high"]
+    assert [r["vs_late_fusion"] for r in result["throughput"] if r["model"] == "late_fusion"] == [1.0, 1.0]
     assert [r["model"] for r in result["fusion"]] == ["transmed_tiny", "transmed_small"]
     for row in result["fusion"]:
-        assert row["ratio"] > 0 and row["flop_ratio"] > 1 and row["slice_images"] == 2 * 2 * 3
+        assert row["ratio"] > 0 and row["flop_ratio"] > 1 and row["slice_images"] == 2 * 2 * 3 and len(row["ratio_rounds"]) == 2
+        assert row["ratio_low"] <= row["ratio"] <= row["ratio_high"] and row["verdict"] in ("meets", "misses", "undecided")
     assert {(r["slices"], r["modalities"]) for r in result["scaling"]} == {(3, 2), (5, 2), (5, 1)}
-    loaders = [r["loader"] for r in result["data"]]
-    assert len(loaders) == 4 and sum(name.startswith("uncached") for name in loaders) == 2
-    assert all(r["studies_per_s"] > 0 and r["vs_train"] > 0 for r in result["data"])
+
+    loader = result["loader"]
+    old, new = (next(r for r in loader["rows"] if r["path"] == p) for p in ("old", "new"))
+    assert (old["dtype"], new["dtype"]) == ("float32", "uint8") and old["studies"] == new["studies"] == 4
+    assert new["bytes_memory"] == pytest.approx(old["bytes_memory"] / 4) and new["bytes_disk"] < old["bytes_disk"]
+    assert loader["comparison"]["bytes_ratio"] == pytest.approx(0.25) and loader["comparison"]["bytes_verdict"] == "meets"
+    assert new["augment_ms_per_study"] > 0 and old["augment_ms_per_study"] == 0 and len(old["epoch_rounds"]) == 2
+    assert loader["extrapolation"]["new_studies_per_s"] == pytest.approx(15 * new["loader_only_studies_per_s"])
+
+    rss = result["rss"]
+    assert [(r["cache"], r["studies"]) for r in rss["rows"]] == [("disk", 2), ("disk", 4), ("memory", 2), ("memory", 4)]
+    assert all(r["peak_rss"] >= r["after_build_rss"] > 0 and r["build_s"] > 0 for r in rss["rows"])
+    assert {f["cache"] for f in rss["fits"]} == {"disk", "memory"} and rss["generation_s"] > 0
+
     paths = [r["path"] for r in result["fast_paths"]]
     assert paths[0].startswith("default") and any("checkpoint_stem" in p for p in paths) and any("accumulate" in p for p in paths)
     text = md.read_text()
-    assert f"## {result['machine']['device']}: smoke run" in text
-    for heading in ("### Throughput", "### Fusion overhead", "### Scaling", "### Data loader", "### Fast paths", "## GPU"):
+    assert f"## {result['machine']['device']}: smoke run" in text and "1-minute load average" in text
+    for heading in ("### Throughput", "### Fusion overhead", "### Scaling", "### Data loader", "### RSS scale", "### Fast paths", "## GPU"):
         assert heading in text
-    assert "No GPU run yet" in text
+    assert "No GPU run yet" in text and "Extrapolation, not a measurement" in text and "new over old: 0.250" in text
 
     again = tmp_path / "again.md"
     main(["--render", "--out", str(out), "--md-out", str(again)])
@@ -128,13 +207,49 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     gpu = dict(result, machine=dict(result["machine"], device="GPU, Test Card (80 GiB)", device_type="cuda"))
     both = render([gpu, result])
     assert "No GPU run yet" not in both and both.index("## CPU") < both.index("## GPU, Test Card")
+    assert load_runs(out.parent) == [result]
 
 
-def test_bench_cli_errors_exit_2():
-    with pytest.raises(SystemExit) as err:
-        main(["--models", "nope", "--out", "unused.json"])
-    assert err.value.code == 2
+def test_fusion_note_gives_no_verdict_inside_the_spread():
+    from transmed.experiments.benchmark.report import fusion_note
+
+    row = dict(model="transmed_tiny", shape="cpu", ratio=1.12, ratio_low=1.0, ratio_high=1.3, verdict="undecided", goal=1.15)
+    row.update(stem_ms=100.0, tokens_share=0.05, encoder_share=0.07, flop_ratio=1.05, params_m=13.0, stem_params_m=11.0)
+    note = fusion_note(row)
+    assert "no verdict" in note and "meets" not in note and "1.000–1.300" in note
+
+
+def test_rss_point_runs_in_a_fresh_process(tmp_path):
+    """One point of the RSS scale through its own interpreter: the child's peak RSS, not this process's."""
+    from transmed.experiments.benchmark.loader import run_rss_child
+
+    shape = LoaderShape("tiny", 3, 3, 4, 16, 16, 2)
+    generate_studies(tmp_path / "data", 3, 0, shape, workers=1)
+    request = dict(root=str(tmp_path / "data"), studies=2, cache="memory", cache_dir=str(tmp_path / "c"), path="new", workers=0)
+    row = run_rss_child(dict(request, shape=vars(shape)), print)
+    assert row["studies"] == 2 and row["dtype"] == "uint8" and row["bytes_memory"] > 0
+    assert 0 < row["base_rss"] <= row["peak_rss"] and row["worker_peak_rss"] is None
+
+
+def test_bench_train_section_runs_knee_config_on_the_new_data_path(tmp_path):
+    out = tmp_path / "cpu-smoke-train.json"
+    main(["--smoke", "--device", "cpu", "--sections", "train", "--out", str(out), "--md-out", str(tmp_path / "B.md"), "--work-dir", str(tmp_path)])
+    train = json.loads(out.read_text())["train"]
+    assert train["config"] == "knee.yaml" and len(train["epochs"]) == 1 and train["epochs"][0]["studies_per_s"] > 0
+    assert "data.cache_dtype=auto" in train["overrides"] and "data.augment_on=device" in train["overrides"]
+    assert "### Training run" in (tmp_path / "B.md").read_text()
+
+
+def test_bench_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="--models"):
+        main(["--models", "nope", "--out", str(tmp_path / "unused.json")])
+    with pytest.raises(UsageError, match="--sections"):
+        main(["--sections", "nope", "--out", str(tmp_path / "unused.json")])
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit) as err:
+        with pytest.raises(UsageError, match="CUDA"):
             main(["--device", "cuda"])
-        assert err.value.code == 2
+
+
+def test_old_spelling_runs_the_command():
+    proc = subprocess.run([sys.executable, "-m", "transmed.bench", "--models", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --models: unknown ['nope']")

@@ -93,3 +93,28 @@ def test_checkpoint_config_with_keys_this_version_dropped_still_loads():
     assert cfg.train.epochs == 3 and cfg.train.lr == 0.5 and "log_every" not in cfg.train
     with pytest.raises(ConfigError, match="train.log_every"):
         load_config(None, ["train.log_every=10"])  # only a saved config is lenient; a user's key is checked
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["model.pretrained=true"], 0.1),  # an ImageNet stem trains gently
+        (["model.pretrained=/w/resnet18.pth"], 0.1),  # a local weights file is a pretrained stem too
+        (["model.pretrained=false"], 1.0),  # from scratch the stem trains at the full lr
+        (["model.pretrained=false", "model.init_from=runs/a/checkpoints/best.pt"], 0.1),  # a trained checkpoint's stem
+        (["model.pretrained=false", "train.backbone_lr_mult=0.3"], 0.3),  # an explicit value wins
+        (["model.pretrained=true", "train.backbone_lr_mult=1"], 1.0),
+    ],
+)
+def test_backbone_lr_mult_follows_a_pretrained_start(overrides, expected, tmp_path):
+    cfg = load_config(None, overrides)
+    assert cfg.train.backbone_lr_mult == pytest.approx(expected)
+    assert to_dict(cfg)["train"]["backbone_lr_mult"] == pytest.approx(expected)  # what the run's config.yaml holds
+    saved = load_config(base=to_dict(cfg), overrides=["train.lr=0.5"])
+    assert saved.train.backbone_lr_mult == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["knee.yaml", "parotid.yaml"])
+def test_shipped_configs_train_a_from_scratch_stem_at_the_full_lr(name):
+    assert load_config(ROOT / "configs" / name).train.backbone_lr_mult == pytest.approx(0.1)
+    assert load_config(ROOT / "configs" / name, ["model.pretrained=false"]).train.backbone_lr_mult == pytest.approx(1.0)

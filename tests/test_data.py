@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from transmed.data import DataError, StudyError, build_dataset, build_loader, pad_collate, read_manifest
-from transmed.data.synthetic import generate_mrnet
+from transmed.data.collate import to_float
+from transmed.data.synthesis import generate_mrnet
 
 
 def test_mrnet_reader_on_generated_layout(tiny_cfg, mrnet_root):
@@ -26,6 +27,8 @@ def test_pipeline_keeps_slice_counts_and_scales(tiny_cfg):
     manifest = read_manifest(cfg, "valid")
     ds = build_dataset(cfg, "valid", train=False, manifest=manifest)
     item = ds[0]
+    assert all(item[plane].dtype == torch.uint8 for plane in cfg.data.modalities)  # data.cache_dtype=auto: MRNet's own type
+    item = {plane: to_float(item[plane]) for plane in cfg.data.modalities}  # what the model gets (collate.to_device)
     for plane in cfg.data.modalities:
         raw = np.load(manifest[0][plane])
         assert item[plane].shape == (raw.shape[0], 24, 24)

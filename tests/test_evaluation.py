@@ -16,13 +16,14 @@ import torch
 from conftest import TINY_BACKBONE, tiny_overrides
 from transmed.config import load_config, to_dict
 from transmed.data import DataError, label_spec
-from transmed.engine.checkpoint import save_checkpoint
-from transmed.engine.inference import Predictions
-from transmed.evaluation import compare as C
-from transmed.evaluation import explain as X
-from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, load_trained, log_evaluation_run, predictions_frame
+from transmed.core.checkpoint import save_checkpoint
+from transmed.core.labels import Predictions
+from transmed.evaluation import comparison as C
+from transmed.evaluation import attribution as X
+from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, log_evaluation_run, predictions_frame
+from transmed.models.loading import load_trained
 from transmed.evaluation.metrics import compute_metrics, delong_test, holm_adjust, to_jsonable
-from transmed.evaluation.predict import study_probabilities
+from transmed.evaluation.prediction import study_probabilities
 from transmed.models import TransMed, build_model
 
 TASKS = ("abnormal", "acl", "meniscus")
@@ -167,7 +168,7 @@ def test_compare_table_and_delong_on_shared_studies(tmp_path, capsys):
     assert (tests["p_holm"] >= tests["p_value"]).all()
     assert len(result["skipped"]) == 2 and all("not on the same studies" in s for s in result["skipped"])
 
-    from transmed.compare import main
+    from transmed.commands.compare import main
 
     main([str(tmp_path / "runA"), str(tmp_path / "runB"), "--json-out", str(tmp_path / "cmp.json")])
     printed = capsys.readouterr().out
@@ -244,7 +245,7 @@ def test_grad_cam_covers_real_groups_only():
 
 
 def test_explain_writes_figures_and_consistent_numbers(checkpoint, mrnet_root, tmp_path):
-    from transmed.explain import main
+    from transmed.commands.explain import main
 
     main(["--checkpoint", str(checkpoint), "--study", "0024", "--out", str(tmp_path / "x"), "--target", "acl"])
     out = tmp_path / "x"

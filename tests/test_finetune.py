@@ -4,7 +4,8 @@ from torch import nn
 
 from transmed import TransMed
 from transmed.config import ConfigError
-from transmed.engine import load_checkpoint, save_checkpoint, train
+from transmed.core.checkpoint import load_checkpoint, save_checkpoint
+from transmed.engine import train
 from transmed.models import build_model
 from transmed.models.finetune import drop_modalities_at_random, freeze_stem, stem_stages, train_mode
 

@@ -180,3 +180,51 @@ def test_pretrained_from_local_weights_file(tmp_path):
     conv = model.stem.body.conv1
     weight = conv[0].weight if isinstance(conv, torch.nn.Sequential) else conv.weight
     assert torch.all(weight == 0.125)
+
+
+# --- export mode: the dense forward without data-dependent shapes (transmed/deploy) ---------------
+
+
+@pytest.mark.parametrize("stride,mode", [(1, "group"), (3, "group"), (2, "replicate")])
+def test_dense_forward_equals_default_and_ignores_padding(stride, mode):
+    model = tiny_model(slice_stride=stride, slice_mode=mode)
+    x = torch.rand(3, 3, 10, 32, 32)
+    mask = torch.ones(3, 3, 10, dtype=torch.bool)
+    mask[1, 0, 6:] = False
+    mask[1, 1, 8:] = False
+    mask[2, 2] = False  # a missing modality
+    with torch.no_grad():
+        ref = model(x, mask)
+        model.export_mode = True
+        dense = model(x, mask)
+        noisy = x.clone()
+        noisy[~mask] = torch.randn_like(noisy[~mask]) * 1e3
+        assert torch.equal(model(noisy, mask), dense)
+    torch.testing.assert_close(dense, ref, atol=1e-5, rtol=0)
+
+
+def test_slice_groups_by_index_equal_unfold():
+    x = torch.rand(2, 2, 8, 4, 4)
+    mask = torch.rand(2, 2, 8) > 0.3
+    for stride in (1, 2, 3):
+        unfolded = group_slices(x, mask, stride=stride)
+        gathered = group_slices(x, mask, stride=stride, gather=True)
+        assert all(torch.equal(a, b) for a, b in zip(unfolded, gathered))
+
+
+def test_constructor_docstring_documents_every_argument():
+    import inspect
+
+    doc = TransMed.__doc__
+    for name in inspect.signature(TransMed.__init__).parameters:
+        if name != "self":
+            assert f"\n        {name}: " in doc, name
+    assert ">>> model(x, mask).shape" in doc
+
+
+def test_constructor_docstring_example_runs():
+    import doctest
+
+    torch.manual_seed(0)
+    result = doctest.testmod(__import__("transmed.models.transmed", fromlist=["TransMed"]), verbose=False)
+    assert result.attempted >= 6 and result.failed == 0

@@ -14,7 +14,7 @@ from transmed.config import load_config
 from transmed.data import DataError, build_dataset, generate_nifti, label_spec, read_manifest
 from transmed.data.datasets import cache_folder, pipeline, preprocessing
 from transmed.data.nifti import nifti_preprocess
-from transmed.data.synthetic import NIFTI_CLASSES, parotid_phantom, sequence_grids, world_points
+from transmed.data.synthesis import NIFTI_CLASSES, parotid_phantom, sequence_grids, world_points
 
 from conftest import tiny_nifti_overrides
 
@@ -236,7 +236,7 @@ def test_parotid_config_trains_on_mismatched_sequences(tmp_path, with_split):
 
 
 def test_inspect_prints_statistics_and_writes_montages_and_arrays(parotid_root, tmp_path, capsys):
-    from transmed.data.inspect import main
+    from transmed.commands.inspect import main
 
     config = ROOT / "configs" / "parotid.yaml"
     main(

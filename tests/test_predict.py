@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from test_evaluation import save_untrained
-from transmed.cli import run_main
+from transmed.commands._common import run_main
 from transmed.evaluation.evaluate import evaluate_checkpoint
-from transmed.evaluation.predict import predict_study
-from transmed.predict import main, split_overrides
+from transmed.evaluation.prediction import predict_study
+from transmed.commands.predict import main, split_overrides
 
 PLANES = ("sagittal", "coronal", "axial")
 
@@ -96,7 +96,7 @@ def test_overrides_are_told_apart_from_inputs(tmp_path, monkeypatch):
 
 
 def test_default_study_id_comes_from_the_file_or_its_folder(tiny_cfg, tmp_path):
-    from transmed.evaluation.predict import study_item
+    from transmed.evaluation.prediction import study_item
 
     cfg = tiny_cfg(**{"data.modalities": "[T1,T2]"})
     (tmp_path / "P001" / "T2").mkdir(parents=True)  # a DICOM folder

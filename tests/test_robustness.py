@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from conftest import tiny_overrides
-from transmed.data import DataError, LabelSpec
-from transmed.engine.inference import Predictions
-from transmed.evaluation import robustness as R
-from transmed.evaluation.evaluate import ResultExistsError
+from transmed.core.errors import DataError
+from transmed.core.labels import LabelSpec
+from transmed.core.labels import Predictions
+from transmed.evaluation import adversarial as R
+from transmed.core.errors import ResultExistsError
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_rates_match_studies_by_id_for_both_kinds():
 
 
 def test_uap_fools_the_model_far_more_than_random_noise(learned, tmp_path, capsys):
-    from transmed.robustness import main
+    from transmed.commands.robustness import main
 
     out = tmp_path / "uap"
     main(["--checkpoint", str(learned), "--zeta", "0.2", "--max-iter", "2", "--random-trials", "2", "--out", str(out)])
@@ -92,7 +93,7 @@ def test_uap_fools_the_model_far_more_than_random_noise(learned, tmp_path, capsy
 
 def test_targeted_uap_pushes_studies_to_the_target(learned):
     from transmed.data import build_dataset, build_loader
-    from transmed.evaluation.evaluate import load_trained
+    from transmed.models.loading import load_trained
 
     model, cfg, spec, _ = load_trained(learned)
     valid = build_loader(cfg, build_dataset(cfg, "valid", train=False), train=False)
@@ -105,7 +106,7 @@ def test_targeted_uap_pushes_studies_to_the_target(learned):
 
 
 def test_crafting_from_a_folder_of_other_images(learned, tmp_path):
-    from transmed.evaluation.evaluate import load_trained
+    from transmed.models.loading import load_trained
 
     rng = np.random.default_rng(0)
     for i in range(3):  # unrelated pictures: bright discs on noise, in another size

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from transmed.config import load_config
-from transmed.engine import NonFiniteLossError, UnsafeCheckpointError, load_checkpoint, train
-from transmed.engine.checkpoint import export_safetensors
-from transmed.engine.trainer import RunDirError
+from transmed.core.checkpoint import load_checkpoint
+from transmed.core.errors import NonFiniteLossError, UnsafeCheckpointError
+from transmed.engine import train
+from transmed.core.checkpoint import export_safetensors
+from transmed.core.errors import RunDirError
 
 from conftest import tiny_overrides
 

@@ -10,8 +10,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import transmed
-from transmed.engine import RunExistsError, train
-from transmed.evaluation.evaluate import ResultExistsError, evaluate_checkpoint
+from transmed.core.errors import RunExistsError
+from transmed.engine import train
+from transmed.core.errors import ResultExistsError
+from transmed.evaluation.evaluate import evaluate_checkpoint
 
 from conftest import tiny_overrides
 

@@ -1,6 +1,6 @@
 """Typed run configuration: dataclass schema, YAML files and dotted command-line overrides.
 
-The schema is the contract of DESIGN.md. `load_config` merges a YAML file and `key=value`
+The schema is the contract of docs/architecture.md (config keys). `load_config` merges a YAML file and `key=value`
 overrides into the schema with OmegaConf, so an unknown key or a wrong type is a `ConfigError`
 naming the key (the command-line entry points turn it into exit code 2).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from .core.errors import ConfigError
 
 
 @dataclass
@@ -40,8 +41,10 @@ class DataConfig:
     image_size: int = 224
     num_slices: Optional[int] = None  # resample every stack to this many slices; None keeps them
     augment: bool = True
+    augment_on: str = "device"  # device: one random transform per study on the batch, on the training device | loader: MONAI, per study, in the loader workers
     num_workers: int = 0
     cache_dir: Optional[str] = None  # on-disk cache of deterministic preprocessing
+    cache_dtype: str = "auto"  # auto: cache in the source's type (uint8 for mrnet, float16 for nifti) | float32
     on_error: str = "raise"  # raise | skip
     label_column: str = "label"  # nifti: the labels.csv column holding the class
     classes: Optional[list[str]] = None  # nifti: class names in output order; None: sorted unique labels
@@ -85,7 +88,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast where the device supports it (CUDA)
-    backbone_lr_mult: float = 1.0
+    # the stem's lr is lr * backbone_lr_mult; null (default): 0.1 when the stem starts from weights
+    # (model.pretrained true or a file, or model.init_from), 1.0 from scratch; the run's config.yaml holds the number
+    backbone_lr_mult: Optional[float] = None
     resume: Optional[str] = None  # auto | PATH
     deterministic: bool = False  # torch deterministic algorithms (GPU runs too)
     modality_dropout: float = 0.0  # drop whole modalities of a training study (at least one kept)
@@ -119,14 +124,12 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("mrnet", "nifti", "synthetic"),
     "data.on_error": ("raise", "skip"),
+    "data.augment_on": ("device", "loader"),
+    "data.cache_dtype": ("auto", "float32"),
     "model.variant": ("tiny", "small", "base"),
     "model.slice_mode": ("group", "replicate"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message names the key."""
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -205,6 +208,22 @@ def _parse_override(item: str) -> DictConfig:
     return dotted
 
 
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/ (an editable install)
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` itself when it is a file; else a bare name (`knee.yaml`, `studies/depth.yaml`) found in
+    `./configs/` or the repository's `configs/`."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_absolute():
+        for folder in (Path("configs"), CONFIGS):
+            if (folder / path).is_file():
+                return folder / path
+    raise ConfigError(f"config file not found: {path} (looked in the working folder and in configs/)")
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = (), base: Optional[dict] = None) -> DictConfig:
     """Schema <- `base` dict (a checkpoint's config) <- YAML file <- dotted `key=value` overrides."""
     schema = OmegaConf.structured(Config)
@@ -212,13 +231,13 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     if base is not None:
         cfg = _merge(cfg, _known_keys(OmegaConf.create(base), schema), schema, "checkpoint config")
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+        path = find_config(path)
         try:
             loaded = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors come from yaml, not OmegaConf
-            raise ConfigError(f"cannot read config file {path}: {err}") from None
+            raise ConfigError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"config file {path}: the top level must be a mapping of keys (data:, model:, train:, ...), not a list or a value")
         cfg = _merge(cfg, loaded, schema, str(path))
         if cfg.run_name is None:
             from datetime import datetime
@@ -229,9 +248,22 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     if cfg.run_name is None:
         cfg.run_name = "run"
     _validate(cfg)
+    cfg.train.backbone_lr_mult = resolve_backbone_lr_mult(cfg)
     if cfg.train.resume == "auto" and cfg.run_name == generated:
         raise ConfigError(_resume_needs_run_name(cfg, Path(path).stem))
     return cfg
+
+
+PRETRAINED_BACKBONE_LR_MULT = 0.1  # `train.backbone_lr_mult` when unset and the stem starts from weights
+
+
+def resolve_backbone_lr_mult(cfg: DictConfig) -> float:
+    """`train.backbone_lr_mult`, or when it is unset (null): 0.1 for a stem that starts from weights
+    (`model.pretrained` true or a weights file, or `model.init_from` a checkpoint), 1.0 from scratch."""
+    if cfg.train.backbone_lr_mult is not None:
+        return float(cfg.train.backbone_lr_mult)
+    from_weights = bool(cfg.model.pretrained) or bool(cfg.model.init_from)  # pretrained: a bool or a path (`_validate`)
+    return PRETRAINED_BACKBONE_LR_MULT if from_weights else 1.0
 
 
 def _resume_needs_run_name(cfg: DictConfig, stem: str) -> str:
@@ -248,15 +280,6 @@ def to_dict(cfg: DictConfig) -> dict:
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     Path(path).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def config_from_cli(path: Optional[str], overrides: Sequence[str], base: Optional[dict] = None) -> DictConfig:
-    """`load_config` for entry points: a bad config prints the message and exits with code 2."""
-    try:
-        return load_config(path, overrides, base=base)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def is_list(value: Any) -> bool:

@@ -1,58 +1,7 @@
-"""Universal adversarial perturbation: python -m transmed.robustness --checkpoint FILE [--zeta 0.04] [--norm l2|linf]
-[--source train|DIR] [--target NAME] [--split valid] [--out DIR] [key=value ...]
+"""The old spelling `python -m transmed.robustness`: runs `transmed robustness` (transmed/commands/robustness.py)."""
 
-Crafts a UAP (Minagi, Hirano & Takemoto 2022) from the training studies or a folder of other images,
-applies it to the evaluation split and writes uap.json (fooling rate against a random perturbation
-of the same norm), uap.npy and uap.png.
-"""
-
-from __future__ import annotations
-
-import argparse
-from typing import Optional, Sequence
-
-from transmed.cli import add_overrides, run_main
-from transmed.evaluation.evaluate import UnsupportedRequest
-from transmed.evaluation.robustness import NORMS, run_robustness
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--zeta", type=float, default=0.04, help="UAP norm as a fraction of the mean norm of a slice image (default 0.04)")
-    parser.add_argument("--norm", default="l2", choices=NORMS)
-    parser.add_argument("--source", default="train", help="'train' (the training studies) or a folder of .npy/.png images to craft from")
-    parser.add_argument("--target", default=None, help="targeted UAP: the task to push positive, or the class to push to")
-    parser.add_argument("--split", default="valid", help="split the UAP is evaluated on (default valid)")
-    parser.add_argument("--out", default=None, help="output folder (default: {run dir}/uap-{norm}-zeta{zeta}[-{target}][-external])")
-    parser.add_argument("--step", type=float, default=0.1, help="FGSM step as a fraction of the UAP norm (default 0.1)")
-    parser.add_argument("--max-iter", type=int, default=10, help="most passes over the crafting inputs (default 10)")
-    parser.add_argument("--delta", type=float, default=0.2, help="stop once the crafting fooling rate reaches 1 - delta (default 0.2)")
-    parser.add_argument("--random-trials", type=int, default=5, help="random perturbations averaged for the control (default 5)")
-    add_overrides(parser)
-    args = parser.parse_intermixed_args(argv)
-    if args.zeta <= 0:
-        parser.error("--zeta must be positive")
-    try:
-        out = run_robustness(
-            args.checkpoint,
-            zeta=args.zeta,
-            norm=args.norm,
-            source=args.source,
-            target=args.target,
-            split=args.split,
-            out=args.out,
-            overrides=args.overrides,
-            step=args.step,
-            max_iter=args.max_iter,
-            delta=args.delta,
-            random_trials=args.random_trials,
-        )
-    except UnsupportedRequest as err:
-        parser.error(str(err))
-    print(f"robustness result written to {out}")
-    print((out / "uap.json").read_text())
-
+from transmed.commands import robustness
+from transmed.commands._common import run_main
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(robustness.main)

@@ -1,32 +1,7 @@
-"""Write a synthetic dataset: python -m transmed.synthetic ROOT [--format mrnet|nifti] [options]
+"""The old spelling `python -m transmed.synthetic`: runs `transmed synthetic` (transmed/commands/synthetic.py)."""
 
-Knee studies in the MRNet layout (what `data.format: synthetic` generates on first use), or
-parotid-like T1/T2 studies in the `nifti` layout.
-"""
-
-import argparse
-
-from .cli import run_main
-from .data.synthetic import generate_mrnet, generate_nifti
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic dataset: knee studies in the MRNet layout, or parotid T1/T2 NIfTI.")
-    parser.add_argument("root")
-    parser.add_argument("--format", choices=("mrnet", "nifti"), default="mrnet")
-    parser.add_argument("--num-train", type=int, default=120, help="mrnet: train studies; nifti: all studies")
-    parser.add_argument("--num-valid", type=int, default=60)
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--min-slices", type=int, default=16)
-    parser.add_argument("--max-slices", type=int, default=32)
-    parser.add_argument("--with-split", action="store_true", help="nifti: write a split column")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.format == "nifti":
-        generate_nifti(args.root, args.num_train, args.with_split, args.seed)
-    else:
-        generate_mrnet(args.root, args.num_train, args.num_valid, args.image_size, args.min_slices, args.max_slices, args.seed)
-
+from transmed.commands import synthetic
+from transmed.commands._common import run_main
 
 if __name__ == "__main__":
-    run_main(main)
+    run_main(synthetic.main)

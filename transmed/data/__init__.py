@@ -1,8 +1,9 @@
 """Data: readers for the on-disk formats, MONAI pipelines, splits, collate, synthetic data."""
 
+from ..core.errors import DataError, StudyError
+from ..core.labels import LabelSpec
 from .collate import pad_collate
 from .datasets import (
-    LabelSpec,
     Manifest,
     build_dataset,
     build_loader,
@@ -13,8 +14,8 @@ from .datasets import (
     report_skipped,
     skipped_studies,
 )
-from .errors import DataError, OnError, StudyError
-from .synthetic import generate_mrnet, generate_nifti
+from .screening import OnError
+from .synthesis import generate_mrnet, generate_nifti
 
 __all__ = [
     "DataError",

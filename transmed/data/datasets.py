@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
 from functools import partial
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -23,33 +23,18 @@ from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Sampler
 
+from ..core.errors import DataError
+from ..core.labels import LabelSpec
+from ..core.progress import progress
 from .collate import pad_collate
-from .errors import DataError, OnError, catch_study_error
 from .mrnet import read_mrnet
 from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
-from .synthetic import MARKER, generate_mrnet
-from .transforms import augment, min_slices_for, mrnet_preprocess
+from .screening import OnError, catch_study_error
+from .synthesis import MARKER, generate_mrnet
+from .transforms import CompactStacksd, augment, min_slices_for, mrnet_preprocess
 
-PREPROCESSING_VERSION = 1  # part of the cache key: bump when a transform's output changes for the same settings
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """What the model predicts: independent binary tasks (multilabel) or one of several classes."""
-
-    kind: str  # multilabel | multiclass
-    names: tuple[str, ...]
-
-    @property
-    def num_outputs(self) -> int:
-        return len(self.names)
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """The model returns logits; sigmoid per task or softmax over classes gives probabilities."""
-        return torch.sigmoid(logits) if self.kind == "multilabel" else torch.softmax(logits, dim=-1)
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "names": list(self.names)}
+PREPROCESSING_VERSION = 2  # part of the cache key: bump when a transform's output changes for the same settings
+# 2: stacks cached in `data.cache_dtype` (uint8 / float16 under auto), no longer always float32
 
 
 class Manifest(list):
@@ -120,10 +105,23 @@ def preprocessing(cfg: DictConfig) -> Compose:
     return mrnet_preprocess(list(d.modalities), d.image_size, d.num_slices, min_slices)
 
 
+def cache_dtype(cfg: DictConfig) -> torch.dtype:
+    """What the cache (and so the batches) hold, `data.cache_dtype`: under auto the source's type,
+    uint8 for MRNet's .npy (uint8 itself), float16 for NIfTI/DICOM after normalisation; else float32.
+    `CompactStacksd` documents the rounding; `collate.to_device` makes the float32 model input."""
+    if cfg.data.cache_dtype == "float32":
+        return torch.float32
+    return torch.float16 if cfg.data.format == "nifti" else torch.uint8
+
+
 def pipeline(cfg: DictConfig, train: bool) -> Compose:
-    stages = [preprocessing(cfg)]
+    """Preprocessing, then the cache's type (`cache_dtype`); with `train` (and `data.augment`) the
+    per-study MONAI augmentation after it. `build_dataset` asks for that augmentation only under
+    `data.augment_on: loader`; under `device` the trainer augments the batch (`data/augment.py`)."""
+    modalities = list(cfg.data.modalities)
+    stages = [preprocessing(cfg), CompactStacksd(modalities, cache_dtype(cfg))]
     if train and cfg.data.augment:
-        stages.append(augment(list(cfg.data.modalities), cfg.data.image_size))
+        stages.append(augment(modalities, cfg.data.image_size))
     return Compose(stages).flatten()  # flat, so cached datasets see where the random part begins
 
 
@@ -139,6 +137,7 @@ def preprocessing_settings(cfg: DictConfig) -> dict:
         "num_slices": d.num_slices,
         "min_slices": min_slices_for(cfg.model.slice_mode, cfg.model.slice_window),
         "stages": [type(t).__name__ for t in preprocessing(cfg).flatten().transforms],
+        "cache_dtype": str(cache_dtype(cfg)).removeprefix("torch."),
     }
     if d.format == "nifti":
         settings.update(spacing=OmegaConf.to_container(d.spacing) if d.spacing else None, slice_axis=d.slice_axis)
@@ -166,10 +165,11 @@ def stamped_hash(item: dict, modalities: Sequence[str]) -> bytes:
     return pickle_hashing({**item, "_files": {m: _file_stamp(Path(item[m])) for m in modalities}})
 
 
-def _screen(items: Sequence[dict], run: Callable[[int], object], on_error: OnError) -> list[dict]:
-    """The items for which `run(index)` raises no `StudyError`; each failure goes to `on_error`."""
+def _screen(items: Sequence[dict], run: Callable[[int], object], on_error: OnError, desc: Optional[str] = None) -> list[dict]:
+    """The items for which `run(index)` raises no `StudyError`; each failure goes to `on_error`.
+    With `desc`, a progress bar (`run` does the work: preprocessing, filling the cache)."""
     good = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(items if desc is None else progress(items, desc=desc, unit="studies")):
         _, failure = catch_study_error(run, index)
         if failure is None:
             good.append(item)
@@ -184,9 +184,25 @@ class _CollectingCacheDataset(CacheDataset):
     exception escaping MONAI's thread pool while other threads are still inside torch aborts the
     interpreter at exit."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, desc: Optional[str] = None, **kwargs) -> None:
         self.failures: dict[int, Exception] = {}
+        self.desc = desc
         super().__init__(*args, **kwargs)
+
+    def _fill_cache(self, indices=None) -> list:
+        """MONAI's cache fill (a thread pool over the studies) with our progress bar."""
+        if self.cache_num <= 0:
+            return []
+        indices = list(range(self.cache_num)) if indices is None else list(indices)
+        with ThreadPool(self.num_workers) as pool:
+            if self.desc is None:
+                return list(pool.imap(self._load_cache_item, indices))
+            with progress(total=len(indices), desc=self.desc, unit="studies") as bar:
+                cache = []
+                for item in pool.imap(self._load_cache_item, indices):
+                    cache.append(item)
+                    bar.update()
+            return cache
 
     def _load_cache_item(self, idx: int):
         try:
@@ -205,15 +221,22 @@ def _is_cached(ds: PersistentDataset, item: dict) -> bool:
     return (ds.cache_dir / f"{ds.hash_func(item).decode('utf-8')}{ds.transform_hash}.pt").is_file()
 
 
-def build_dataset(cfg: DictConfig, split: str, train: bool, manifest: Optional[list[dict]] = None) -> Dataset:
+def build_dataset(
+    cfg: DictConfig, split: str, train: bool, manifest: Optional[list[dict]] = None, show_progress: bool = True
+) -> Dataset:
     """MONAI dataset: deterministic preprocessing cached (on disk with `data.cache_dir`, else in memory).
 
+    Items hold one (S, H, W) stack per modality in `cache_dtype(cfg)` (uint8 for MRNet under the
+    default `data.cache_dtype: auto`); `collate.to_device` turns a batch into the model's float
+    input. Training items are augmented here only under `data.augment_on: loader`. `show_progress`:
+    a progress bar over the studies (`core.progress`; off for the few studies of a prediction).
     Every study is preprocessed here, so a bad file fails now with a `StudyError` naming study and
     file; under `data.on_error=skip` it is left out instead and listed in the dataset's `skipped`.
     """
     manifest = read_manifest(cfg, split) if manifest is None else manifest
     items, on_error = list(manifest), OnError(cfg.data.on_error)
-    transform = pipeline(cfg, train)
+    transform = pipeline(cfg, train and cfg.data.augment_on == "loader")
+    desc = f"build {split} dataset" if show_progress else None
     if cfg.data.cache_dir:
         make = partial(
             PersistentDataset,
@@ -222,11 +245,11 @@ def build_dataset(cfg: DictConfig, split: str, train: bool, manifest: Optional[l
             hash_func=partial(stamped_hash, modalities=list(cfg.data.modalities)),
         )
         ds = make(items)
-        good = _screen(items, lambda i: _is_cached(ds, items[i]) or ds[i], on_error)
+        good = _screen(items, lambda i: _is_cached(ds, items[i]) or ds[i], on_error, desc=desc)
         if len(good) < len(items):
             ds = make(good)
     else:
-        make = partial(_CollectingCacheDataset, transform=transform, cache_rate=1.0, num_workers=None, progress=False)
+        make = partial(_CollectingCacheDataset, transform=transform, cache_rate=1.0, num_workers=None, progress=False, desc=desc)
         ds = make(items)
         good = _screen(items, partial(_raise_failure, ds.failures), on_error)
         if len(good) < len(items):

@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import DataError, OnError, StudyError
+from ..core.errors import DataError, StudyError
+from .screening import OnError
 from .splits import check_disjoint, stratified_holdout
 
 MRNET_SPLITS = ("train", "valid")

@@ -22,14 +22,15 @@ from monai.transforms import (
     Flipd,
     Orientationd,
     ResampleToMatchd,
-    ResizeWithPadOrCropd,
     Resized,
+    ResizeWithPadOrCropd,
     ScaleIntensityRangePercentilesd,
     Spacingd,
     Transposed,
 )
 
-from .errors import DataError, OnError, StudyError
+from ..core.errors import DataError, StudyError
+from .screening import OnError
 from .splits import stratified_folds
 from .transforms import CheckStudyd, LoadStudyd, PadToSquared, finalize
 

@@ -12,7 +12,8 @@ from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import OnError, StudyError
+from ..core.errors import StudyError
+from .screening import OnError
 
 
 def _stratified_order(ids: Sequence[str], strata: Sequence[Hashable], seed: int) -> list[str]:

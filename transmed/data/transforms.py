@@ -1,9 +1,11 @@
 """MONAI dictionary transforms shared by the formats: reading, checks, augmentation, final tensors.
 
 A format's preprocessing (deterministic, cacheable) ends in `finalize`: one plain (S, H, W) float
-tensor per modality. Augmentation then treats the slices as channels: each random draw (flip,
-affine, intensity) is made once per study and applied to every slice of every modality, so the
-slices of a stack and the modalities of a study stay aligned.
+tensor per modality, intensities in [0, 1]. `CompactStacksd` then stores it in the cache's type
+(`data.cache_dtype`), see its docstring for the rounding. Augmentation in the loader
+(`data.augment_on: loader`) treats the slices as channels: each random draw (flip, affine,
+intensity) is made once per study and applied to every slice of every modality, so the slices of a
+stack and the modalities of a study stay aligned; `data/augment.py` does the same on the batch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from monai.transforms import (
     SqueezeDimd,
 )
 
-from .errors import StudyError
+from ..core.errors import StudyError
+from .augment import RANGES
+from .collate import to_float
 
 
 def _last_line(err: BaseException) -> str:
@@ -207,23 +211,75 @@ def mrnet_preprocess(modalities: Sequence[str], image_size: int, num_slices: Opt
     )
 
 
+class CompactStacksd(MapTransform):
+    """Float (S, H, W) stacks in [0, 1] -> the cache's type; the last deterministic (cached) step.
+
+    - uint8 (MRNet's own type): round(255 * v), clipped to 0..255; the model gets q / 255
+      (`collate.to_float`). The intensities are scaled and resized in float first, and rounded
+      once, here: each voxel differs from the float32 path by at most 0.5/255 = 1/510. Where the
+      float32 value is already a multiple of 1/255 (a study spanning 0..255, not resized) the two
+      paths are identical.
+    - float16 (NIfTI, after the percentile normalisation and resampling): an absolute error of at
+      most 2**-12 (half float16's spacing in [0.5, 1]), smaller below.
+    - float32: unchanged (today's cache, 4 bytes a voxel).
+    """
+
+    def __init__(self, keys: Sequence[str], dtype: torch.dtype) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        if dtype not in (torch.uint8, torch.float16, torch.float32):
+            raise ValueError(f"cannot cache stacks as {dtype}")
+        self.dtype = dtype
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            stack = torch.as_tensor(d[key])
+            if self.dtype == torch.uint8:
+                d[key] = (stack.float() * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+            else:
+                d[key] = stack.to(self.dtype)
+        return d
+
+
+class FloatStacks:
+    """Cached stacks (uint8, float16) -> float32 in [0, 1], for augmentation in the loader workers.
+
+    Deliberately not a MONAI `Transform`: MONAI's cached datasets cache up to the first random
+    transform or non-`Transform`, so the cache keeps the compact stacks and this runs per item.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = list(keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.keys:
+            if d.get(key) is not None:
+                d[key] = to_float(torch.as_tensor(d[key]))
+        return d
+
+
 def augment(modalities: Sequence[str], image_size: int) -> Compose:
-    """Random in-plane flip, rotation, scaling, shift and intensity changes on (S, H, W), one draw per study."""
-    keys = list(modalities)
-    shift = 0.05 * image_size  # RandAffine translates in pixels
+    """Random in-plane flip, rotation, scaling, shift and intensity changes on (S, H, W), one draw per study.
+
+    The per-study (loader) form of `augment.augment_batch`: the same family, probabilities and ranges.
+    """
+    keys, r = list(modalities), RANGES
+    shift = r["shift"] * image_size  # RandAffine translates in pixels
     return Compose(
         [
-            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            FloatStacks(keys),
+            RandFlipd(keys, prob=r["flip_prob"], spatial_axis=1),
             RandAffined(
                 keys,
-                prob=0.7,
-                rotate_range=math.radians(10),
-                scale_range=(0.1, 0.1),
+                prob=r["affine_prob"],
+                rotate_range=math.radians(r["rotate_degrees"]),
+                scale_range=(r["scale"], r["scale"]),
                 translate_range=(shift, shift),
                 padding_mode="zeros",
             ),
-            RandScaleIntensityd(keys, factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys, offsets=0.05, prob=0.5),
+            RandScaleIntensityd(keys, factors=r["intensity_scale"], prob=r["intensity_scale_prob"]),
+            RandShiftIntensityd(keys, offsets=r["intensity_shift"], prob=r["intensity_shift_prob"]),
             EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
         ]
     )

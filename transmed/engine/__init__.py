@@ -1,16 +1,6 @@
-"""Training, inference, checkpoints and run logging."""
+"""Training, inference and run logging."""
 
-from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_checkpoint
-from .inference import Predictions, predict
-from .trainer import NonFiniteLossError, RunExistsError, train
+from .inference import predict
+from .trainer import train
 
-__all__ = [
-    "NonFiniteLossError",
-    "Predictions",
-    "RunExistsError",
-    "UnsafeCheckpointError",
-    "load_checkpoint",
-    "predict",
-    "save_checkpoint",
-    "train",
-]
+__all__ = ["predict", "train"]

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
-from ..data.datasets import LabelSpec
+from ..core.labels import LabelSpec, Predictions
+from ..core.progress import progress
+from ..data.collate import to_device
 from .utils import autocast, eval_mode
-
-
-@dataclass
-class Predictions:
-    ids: list[str]
-    logits: np.ndarray  # (N, K)
-    probs: np.ndarray  # (N, K)
-    labels: Optional[np.ndarray]  # (N, K) multilabel or (N,) multiclass
-    skipped: list[dict] = field(default_factory=list)  # studies data.on_error=skip left out: {id, file, reason}
 
 
 def targets(labels: torch.Tensor, spec: LabelSpec, device: torch.device) -> torch.Tensor:
@@ -29,12 +20,17 @@ def targets(labels: torch.Tensor, spec: LabelSpec, device: torch.device) -> torc
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, spec: LabelSpec, device: torch.device, amp: bool = True) -> Predictions:
-    """Logits and probabilities for every study of `loader`, in eval mode."""
+def predict(
+    model: nn.Module, loader: Iterable[dict], spec: LabelSpec, device: torch.device, amp: bool = True, desc: Optional[str] = "predict"
+) -> Predictions:
+    """Logits and probabilities for every study of `loader` (a loader or a list of batches), in eval mode.
+
+    `desc` names the progress bar (`core.progress`); None: no bar (a single study).
+    """
     ids, logits, labels = [], [], []
     with eval_mode(model):
-        for batch in loader:
-            x, mask = batch["x"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+        for batch in loader if desc is None else progress(loader, desc=desc, unit="batches"):
+            x, mask = to_device(batch, device)
             with autocast(device, amp):
                 logits.append(model(x, mask).float().cpu())
             ids.extend(batch["id"])

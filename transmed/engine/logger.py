@@ -11,7 +11,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig
 
 from ..config import save_config, to_dict
-from .utils import atomic_write, write_json
+from ..core.io import atomic_write, write_json
 
 
 def _clean(record: dict) -> dict:

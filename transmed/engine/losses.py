@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.datasets import LabelSpec
+from ..core.labels import LabelSpec
 
 
 def build_loss(spec: LabelSpec, train_labels: np.ndarray, balanced: bool = True) -> nn.Module:

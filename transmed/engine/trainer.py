@@ -12,36 +12,30 @@ from typing import Optional
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from timm.optim import param_groups_weight_decay
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from ..config import to_dict
+from ..config import resolve_backbone_lr_mult, to_dict
+from ..core.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from ..core.device import resolve_device
+from ..core.errors import CheckpointError, NonFiniteLossError, RunDirError, RunExistsError
+from ..core.progress import progress
 from ..data import build_dataset, build_loader, label_spec, read_manifest, report_skipped
-from ..evaluation.scores import point_aucs
+from ..data.augment import training_augment
+from ..data.collate import to_device
 from ..models import build_model
 from ..models.finetune import drop_modalities_at_random, prepare_model, train_mode
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint
 from .distributed import DistInfo, barrier, cleanup, device_for, gather_predictions, init_distributed, mean_over_ranks, sync_buffers
 from .inference import predict, split_loss, targets
 from .logger import RunLogger
 from .losses import build_loss
-from .utils import autocast, resolve_device, seed_everything
+from .scores import point_aucs
+from .utils import autocast, seed_everything
 
 MIN_FREE_BYTES = 200 * 2**20
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf; the message names epoch, step and the studies of the batch."""
-
-
-class RunExistsError(RuntimeError):
-    """The run directory already holds a run and neither resume nor overwrite was asked for."""
-
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be written, or its disk is nearly full."""
 
 
 def prepare_run_dir(cfg: DictConfig) -> Path:
@@ -70,19 +64,27 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms and embeddings; the stem's lr scaled by `backbone_lr_mult`."""
+    """AdamW over the trainable parameters.
+
+    Weight decay (`train.weight_decay`) by what a parameter is, with timm's rule: none on biases,
+    norms (1-D parameters) and what the model's `no_weight_decay()` names (TransMed: the class
+    token and the embedding tables); every other weight matrix decays. The stem's parameters
+    (names under `stem.`, MRNet's per-plane stems included) get lr * `train.backbone_lr_mult`.
+    """
+    no_decay_names = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    # weight_decay=1.0 only marks the decayed group; the real value comes from the config below
+    timm_groups = param_groups_weight_decay(model, weight_decay=1.0, no_weight_decay_list=no_decay_names)
+    decayed = {id(p) for group in timm_groups if group["weight_decay"] for p in group["params"]}
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        key = (name.startswith("stem."), param.ndim > 1 and "embed" not in name and "token" not in name)
-        groups.setdefault(key, []).append(param)
-    lr = cfg.train.lr
+        if param.requires_grad:
+            groups.setdefault((name.startswith("stem."), id(param) in decayed), []).append(param)
+    lr, stem_mult = cfg.train.lr, resolve_backbone_lr_mult(cfg)
     return torch.optim.AdamW(
         [
             {
                 "params": params,
-                "lr": lr * (cfg.train.backbone_lr_mult if is_stem else 1.0),
+                "lr": lr * (stem_mult if is_stem else 1.0),
                 "weight_decay": cfg.train.weight_decay if decay else 0.0,
             }
             for (is_stem, decay), params in groups.items()
@@ -108,7 +110,7 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> Optional[Path]:
         if cfg.train.resume == "auto":
             print(f"train.resume=auto: no checkpoint in {run_dir} yet; starting from scratch")
             return None
-        raise FileNotFoundError(f"train.resume={cfg.train.resume}: no such checkpoint")
+        raise CheckpointError(f"train.resume={cfg.train.resume}: no such checkpoint; give an existing file, or train.resume=auto")
     return path
 
 
@@ -120,18 +122,26 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, spec, device, cfg, epoch: int, show_progress: bool = True) -> float:
-    """One pass over the training data; an optimizer step every `train.accumulate` batches."""
+def train_one_epoch(
+    model, loader, criterion, optimizer, scheduler, spec, device, cfg, epoch: int, show_progress: bool = True, augment="auto"
+) -> float:
+    """One pass over the training data; an optimizer step every `train.accumulate` batches.
+
+    `augment`: the batch augmentation (`data.augment_on: device`), seeded by the caller; "auto"
+    makes the trainer's own for (seed, epoch, RANK); None: none.
+    """
+    if augment == "auto":
+        augment = training_augment(cfg, device, cfg.seed * 1000 + epoch, int(os.environ.get("RANK", "0") or 0))
     train_mode(model)  # frozen stem stages keep their BatchNorm statistics
     total, count, accumulate = 0.0, 0, cfg.train.accumulate
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False, dynamic_ncols=True, disable=not show_progress)
+    desc = f"epoch {epoch}/{cfg.train.epochs}"
+    bar = progress(loader, desc=desc, unit="batches") if show_progress else tqdm(loader, disable=True)
     for step, batch in enumerate(bar):
-        x, mask, y = (
-            batch["x"].to(device, non_blocking=True),
-            batch["mask"].to(device, non_blocking=True),
-            targets(batch["label"], spec, device),
-        )
+        x, mask = to_device(batch, device)  # float32 in [0, 1], made on the device
+        y = targets(batch["label"], spec, device)
+        if augment is not None:
+            x = augment(x, mask)  # one random transform per study, padding untouched
         if cfg.train.modality_dropout:
             mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
         with autocast(device, cfg.train.amp):
@@ -239,16 +249,20 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
         epoch_seed = cfg.seed * 1000 + epoch  # data order, augmentation and dropout depend on (seed, epoch) only
         seed_everything(epoch_seed)
         generator.manual_seed(epoch_seed)
-        train_ds.transform.set_random_state(seed=(epoch_seed + dist_info.rank) % 2**32)
+        train_ds.transform.set_random_state(seed=(epoch_seed + dist_info.rank) % 2**32)  # data.augment_on=loader
+        augment = training_augment(cfg, device, epoch_seed, dist_info.rank)  # data.augment_on=device: its own generator there
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
         lr = scheduler.get_last_lr()[0]  # the rate the epoch starts with (the schedule moves every step)
         start = time.perf_counter()
-        train_loss = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main)
+        train_loss = train_one_epoch(
+            step_model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main, augment=augment
+        )
         seconds = time.perf_counter() - start
         train_loss = mean_over_ranks(train_loss, len(train_loader.sampler), dist_info)
         sync_buffers(model, dist_info)
-        val = gather_predictions(predict(model, val_loader, spec, device, cfg.train.amp), dist_info)
+        val = predict(model, val_loader, spec, device, cfg.train.amp, desc=f"validate {epoch}/{cfg.train.epochs}")
+        val = gather_predictions(val, dist_info)
         if not dist_info.is_main:
             continue
         val_loss = split_loss(criterion, val, spec)

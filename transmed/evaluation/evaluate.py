@@ -11,23 +11,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from ..config import load_config, to_dict
-from ..data import LabelSpec, build_dataset, build_loader, report_skipped
-from ..engine.checkpoint import load_checkpoint
-from ..engine.inference import Predictions, predict
-from ..engine.utils import resolve_device, write_json
-from ..models import build_model
+from ..config import to_dict
+from ..core.device import resolve_device
+from ..core.errors import DataError, ResultExistsError, UsageError
+from ..core.io import write_json
+from ..core.labels import LabelSpec, Predictions
+from ..data import build_dataset, build_loader, report_skipped
+from ..engine.inference import predict
+from ..models.loading import load_trained
 from .metrics import compute_metrics, to_jsonable, youden_thresholds
+from .model_card import robustness_results, split_statistics, write_model_card
 from .plots import plot_calibration, plot_confusion, plot_pr, plot_roc
-
-
-class ResultExistsError(RuntimeError):
-    """An evaluation folder already holds results; they are never overwritten."""
-
-
-class UnsupportedRequest(ValueError):
-    """What a command was asked does not fit the checkpoint (an unknown task or class, a model
-    without attention); entry points report it as a usage error."""
 
 
 def run_folder(checkpoint: str | Path) -> Path:
@@ -39,18 +33,8 @@ def run_folder(checkpoint: str | Path) -> Path:
 def output_index(spec: LabelSpec, name: str) -> int:
     """Position of a task (multilabel) or class (multiclass) name among the model's outputs."""
     if name not in spec.names:
-        raise UnsupportedRequest(f"unknown task or class {name!r}; the model predicts {list(spec.names)}")
+        raise UsageError(f"unknown task or class {name!r}; the model predicts {list(spec.names)}")
     return spec.names.index(name)
-
-
-def load_trained(checkpoint: str | Path, overrides: Sequence[str] = ()) -> tuple[torch.nn.Module, DictConfig, LabelSpec, dict]:
-    """Model (eval mode, on the config's device), config with overrides, label spec and raw checkpoint."""
-    ckpt = load_checkpoint(checkpoint)
-    cfg = load_config(base=ckpt["config"], overrides=overrides)
-    spec = LabelSpec(ckpt["label_spec"]["kind"], tuple(ckpt["label_spec"]["names"]))
-    model = build_model(cfg, spec.num_outputs, pretrained=False)
-    model.load_state_dict(ckpt["model"])
-    return model.to(resolve_device(cfg.train.device)).eval(), cfg, spec, ckpt
 
 
 def predict_split(model: torch.nn.Module, cfg: DictConfig, spec: LabelSpec, split: str) -> Predictions:
@@ -76,7 +60,8 @@ def predictions_frame(preds: Predictions, spec: LabelSpec) -> pd.DataFrame:
 def evaluate_checkpoint(
     checkpoint: str | Path, split: str = "valid", out: Optional[str | Path] = None, overrides: Sequence[str] = (), n_bootstrap: int = 1000
 ) -> Path:
-    """Writes metrics.json, predictions.csv, roc/pr/confusion/calibration PNGs; returns the output folder.
+    """Writes metrics.json, MODEL_CARD.md (model_card.py), predictions.csv, roc/pr/confusion/calibration PNGs;
+    returns the output folder.
 
     Studies `data.on_error=skip` left out of `split` are listed in `skipped.json` (their count in
     metrics.json), so a metric over fewer studies never passes unnoticed. Thresholds are 0.5, plus
@@ -89,7 +74,7 @@ def evaluate_checkpoint(
     model, cfg, spec, ckpt = load_trained(checkpoint, overrides)
     preds = predict_split(model, cfg, spec, split)
     if preds.labels is None:
-        raise ValueError(f"split {split!r} has no labels to evaluate against")
+        raise DataError(f"split {split!r} has no labels to evaluate against")
     names = list(spec.names)
     metrics = compute_metrics(preds.probs, preds.labels, names, spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)
     if split == "test" and spec.kind == "multilabel":
@@ -103,6 +88,10 @@ def evaluate_checkpoint(
     skipped = report_skipped(out / "skipped.json", preds)
     metrics.update(split=split, checkpoint=str(checkpoint), epoch=ckpt["epoch"], skipped=len(skipped))
     write_json(out / "metrics.json", to_jsonable(metrics))
+    write_model_card(
+        out, cfg, spec, model=model, checkpoint=checkpoint, epoch=ckpt["epoch"], metrics=to_jsonable(metrics), n_bootstrap=n_bootstrap,
+        splits=split_statistics(cfg, spec, evaluated=(split, preds.labels)), robustness=robustness_results(run_folder(checkpoint)),
+    )
     predictions_frame(preds, spec).to_csv(out / "predictions.csv", index=False)
     plot_roc(preds.probs, preds.labels, names, spec.kind, out / "roc.png", seed=cfg.seed)
     plot_pr(preds.probs, preds.labels, names, spec.kind, out / "pr.png")

@@ -7,7 +7,7 @@ Two kinds of problem are supported:
 * ``"multiclass"``: ``probs`` (N, K) softmax probabilities, ``labels`` (N,) class indices; each
   class is scored one-vs-rest.
 
-Confidence intervals come from a stratified bootstrap expressed as per-sample resampling counts
+Confidence intervals come from a bootstrap of studies expressed as per-sample resampling counts
 (weights), so every metric is evaluated for all resamples at once with array operations.
 """
 
@@ -18,7 +18,9 @@ from typing import Sequence
 
 import numpy as np
 from scipy.stats import norm, rankdata
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from ..core.errors import DataError
 
 KINDS = ("multilabel", "multiclass")
 METRICS = (
@@ -103,11 +105,13 @@ def compute_metrics(
     empty; ``overall`` holds auc, sensitivity, specificity, f1 (macro over classes, one-vs-rest),
     auc_macro (= auc), auc_micro, accuracy, balanced_accuracy (= sensitivity), f1_macro (= f1).
 
-    Intervals are percentile intervals of a stratified bootstrap of studies, one resample shared
-    by all tasks or classes (multilabel: within each combination of task labels; multiclass:
-    within each class), so the overall means carry the tasks' covariance. Intervals are widened
-    where needed so that each contains its point value. A task with only one class present has
-    NaN auc and average_precision, with a warning naming it; means skip NaN tasks.
+    Intervals are percentile intervals of a bootstrap of studies, one resample shared by all tasks
+    or classes, so the overall means carry the tasks' covariance (see `_bootstrap_weights`:
+    stratified on the class for multiclass and on the label for a single multilabel task,
+    unstratified for several). A resample in which a task has one class only is left out of that
+    task's auc and average_precision intervals. Intervals are widened where needed so that each
+    contains its point value. A task with only one class present has NaN auc and
+    average_precision, with a warning naming it; means skip NaN tasks.
     """
     scores, targets = binary_targets(probs, labels, names, kind)
     if n_bootstrap < 1:
@@ -128,9 +132,8 @@ def compute_metrics(
             warnings.warn("thresholds are ignored for multiclass (argmax prediction)", UserWarning)
         used = {}
         preds = scores.argmax(axis=1)[:, None] == np.arange(k)
-    # one resample of studies for all tasks (they share studies, and their labels correlate), stratified on the
-    # label tuple (multiclass: the class): every task keeps its positive count, and means over tasks keep their covariance
-    shared = _stratified_weights(targets.astype(np.int64) @ (1 << np.arange(k)), n_bootstrap, rng)
+    # one resample of studies for all tasks (they share studies, and their labels correlate): means over tasks keep their covariance
+    shared = _bootstrap_weights(targets, kind, n_bootstrap, rng)
 
     point, boot = {}, {}
     for j, name in enumerate(names):
@@ -138,14 +141,16 @@ def compute_metrics(
         unit = _binary_metrics(scores[:, j], y, preds[:, j], np.ones((1, n)))
         point[name] = {m: v[0] for m, v in unit.items()}
         boot[name] = _binary_metrics(scores[:, j], y, preds[:, j], shared)
+        one_class = (shared @ y == 0) | (shared @ ~y == 0)  # unstratified resamples may lose a task's rare class
+        for m in ("auc", "average_precision"):
+            boot[name][m][one_class] = np.nan
         if y.all() or not y.any():
             warnings.warn(f"task {name!r} has only one class in labels; auc and average_precision are NaN", UserWarning)
             for m in ("auc", "average_precision"):
                 point[name][m] = np.nan
                 boot[name][m] = np.full(n_bootstrap, np.nan)
-        else:
-            point[name]["auc"] = roc_auc_score(y, scores[:, j])
-            point[name]["average_precision"] = average_precision_score(y, scores[:, j])
+        # otherwise the point auc and average_precision are the unit-weight engine's, equal to sklearn's
+        # (tests/test_metrics.py) and several times faster than calling sklearn per task
 
     tasks = {name: {m: _summary(point[name][m], boot[name][m], ci) for m in METRICS} for name in names}
 
@@ -214,6 +219,10 @@ def delong_test(y_true: np.ndarray, p1: np.ndarray, p2: np.ndarray) -> dict:
     scores = np.vstack([np.asarray(p1, dtype=np.float64), np.asarray(p2, dtype=np.float64)])
     if scores.shape[1] != y.size:
         raise ValueError("p1, p2 and y_true must have the same length")
+    for which, row in (("p1", scores[0]), ("p2", scores[1])):
+        bad = int((~np.isfinite(row)).sum())
+        if bad:
+            raise DataError(f"DeLong test needs finite scores: {which} has {bad} NaN or infinite value(s)")
     m, n = int(y.sum()), int((~y).sum())
     if m < 2 or n < 2:
         raise ValueError("DeLong test needs at least 2 positives and 2 negatives")
@@ -267,6 +276,24 @@ def _nanmean(x: np.ndarray, axis: int) -> np.ndarray:
 def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bin of each probability in [0, 1]; 1.0 falls in the last bin."""
     return np.clip((p * n_bins).astype(np.int64), 0, n_bins - 1)
+
+
+def _bootstrap_weights(targets: np.ndarray, kind: str, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, N) resampling counts of studies, one resample shared by all tasks of ``targets`` (N, K).
+
+    Multiclass (one label per study) and a single multilabel task are stratified on the label, so
+    every resample keeps each class's count. Several multilabel tasks are resampled unstratified:
+    stratifying on the label tuple leaves most of its up to 2^K strata with one study, always redrawn
+    as itself, which shrinks every interval towards its point value as tasks are added.
+    """
+    n, k = targets.shape
+    if kind == "multiclass":
+        strata = targets.argmax(axis=1)
+    elif k == 1:
+        strata = targets[:, 0].astype(np.int64)
+    else:
+        strata = np.zeros(n, dtype=np.int64)
+    return _stratified_weights(strata, n_bootstrap, rng)
 
 
 def _stratified_weights(strata: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:

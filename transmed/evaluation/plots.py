@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
     precision_recall_curve,
@@ -21,7 +18,7 @@ from sklearn.metrics import (  # noqa: E402
     roc_curve,
 )
 
-from transmed.evaluation.metrics import (  # noqa: E402
+from transmed.evaluation.metrics import (
     binary_targets,
     calibration_curve,
     expected_calibration_error,
@@ -42,7 +39,8 @@ def plot_roc(
     scores, targets = binary_targets(probs, labels, names, kind)
     rng = np.random.default_rng(seed)
     grid = np.linspace(0, 1, 101)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     for j, name in enumerate(names):
         s, y = scores[:, j], targets[:, j]
         if y.all() or not y.any():
@@ -73,7 +71,8 @@ def plot_pr(probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str, 
     """Precision-recall curve per task/class, average precision in the legend and the
     prevalence (chance level) as a dotted line."""
     scores, targets = binary_targets(probs, labels, names, kind)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     for j, name in enumerate(names):
         s, y = scores[:, j], targets[:, j]
         if y.all() or not y.any():
@@ -98,7 +97,8 @@ def plot_confusion(
     (``t = thresholds.get(name, 0.5)``); multiclass, one KxK of argmax predictions."""
     scores, targets = binary_targets(probs, labels, names, kind)
     if kind == "multilabel":
-        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.6), squeeze=False)
+        fig = Figure(figsize=(3.6 * len(names), 3.6))
+        axes = fig.subplots(1, len(names), squeeze=False)
         for j, (name, ax) in enumerate(zip(names, axes[0])):
             t = (thresholds or {}).get(name, 0.5)
             cm = confusion_matrix(targets[:, j], scores[:, j] >= t, labels=[False, True])
@@ -106,7 +106,8 @@ def plot_confusion(
         fig.suptitle("Confusion matrices")
     else:
         k = len(names)
-        fig, ax = plt.subplots(figsize=(1.2 * k + 3, 1.2 * k + 2.5))
+        fig = Figure(figsize=(1.2 * k + 3, 1.2 * k + 2.5))
+        ax = fig.subplots()
         cm = confusion_matrix(targets.argmax(axis=1), scores.argmax(axis=1), labels=np.arange(k))
         _draw_matrix(ax, cm, list(names), "Confusion matrix (argmax)")
     _save(fig, path)
@@ -116,7 +117,8 @@ def plot_calibration(probs: np.ndarray, labels: np.ndarray, names: list[str], ki
     """Reliability diagram per task/class (one-vs-rest for multiclass): fraction positive
     against mean predicted probability in equal-width bins, with the diagonal and ECE."""
     scores, targets = binary_targets(probs, labels, names, kind)
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     for j, name in enumerate(names):
         mean_prob, frac_pos, count = calibration_curve(scores[:, j], targets[:, j], n_bins)
@@ -150,4 +152,3 @@ def _save(fig, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
-    plt.close(fig)

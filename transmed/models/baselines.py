@@ -56,12 +56,8 @@ class LateFusion(nn.Module):
         slice_stride: int = 1,
         slice_mode: str = "group",
         dropout: float = 0.1,
-        depth: Optional[int] = None,
-        grid_size: int = 2,
-        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        del depth, grid_size, drop_path  # transformer and token-grid settings: there is no transformer here
         self.num_modalities = num_modalities
         self.slice_window, self.slice_stride, self.slice_mode = slice_window, slice_stride, slice_mode
         self.stem = CNNStem(backbone, pretrained, stem_stage)
@@ -113,13 +109,8 @@ class MRNet(nn.Module):
         slice_stride: int = 1,
         slice_mode: str = "group",
         dropout: float = 0.1,
-        variant: str = "tiny",
-        depth: Optional[int] = None,
-        grid_size: int = 2,
-        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        del variant, depth, grid_size, drop_path  # transformer and token-grid settings: there is no transformer here
         self.num_modalities = num_modalities
         self.slice_window, self.slice_stride, self.slice_mode = slice_window, slice_stride, slice_mode
         self.stem = nn.ModuleList(CNNStem(backbone, pretrained, stem_stage) for _ in range(num_modalities))
@@ -167,19 +158,9 @@ class CNN3D(nn.Module):
         num_slices: int = 16,
         dropout: float = 0.1,
         pretrained: Pretrained = False,
-        backbone: str = "resnet18",
         variant: str = "tiny",
-        depth: Optional[int] = None,
-        stem_stage: int = -1,
-        grid_size: int = 2,
-        slice_window: int = 3,
-        slice_stride: int = 1,
-        slice_mode: str = "group",
-        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        # 2D stem, transformer and slice-grouping settings do not apply to a 3D network
-        del backbone, depth, stem_stage, grid_size, slice_window, slice_stride, slice_mode, drop_path
         if pretrained:
             warnings.warn("cnn3d has no ImageNet weights: model.pretrained is ignored, the 3D network trains from scratch", stacklevel=2)
         from monai.networks.nets import DenseNet121, resnet10

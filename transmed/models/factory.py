@@ -5,16 +5,16 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from torch import nn
 
-from ..config import ConfigError
+from ..core.errors import ConfigError
 from .finetune import drop_modalities_at_inference
-from .registry import create_model, list_models
+from .registry import create_model, list_models, model_arguments
 from .stem import UnknownBackbone
 
 
 def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
-    """Constructor arguments for `cfg.model.name`; the stem fast paths go to TransMed models only."""
+    """Constructor arguments for `cfg.model.name`: the `model.*` keys its constructor declares."""
     m = cfg.model
-    kwargs = dict(
+    offered = dict(
         num_modalities=len(cfg.data.modalities),
         num_outputs=num_outputs,
         backbone=m.backbone,
@@ -28,10 +28,12 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         slice_mode=m.slice_mode,
         dropout=m.dropout,
         drop_path=m.drop_path,
+        stem_chunk=m.stem_chunk,
+        channels_last=m.channels_last,
+        checkpoint_stem=cfg.train.checkpoint_stem,
     )
-    if m.name.startswith("transmed"):
-        kwargs.update(stem_chunk=m.stem_chunk, channels_last=m.channels_last, checkpoint_stem=cfg.train.checkpoint_stem)
-    return kwargs
+    accepted = model_arguments(m.name)
+    return {key: value for key, value in offered.items() if key in accepted}
 
 
 def dropped_modality_indices(cfg: DictConfig) -> list[int]:
@@ -50,12 +52,12 @@ def build_model(cfg: DictConfig, num_outputs: int, pretrained: bool | None = Non
 
     With `data.drop_modalities` the model sees those modalities as missing whenever it is in eval mode.
     """
+    if cfg.model.name not in list_models():
+        raise ConfigError(f"invalid value for config key 'model.name': {cfg.model.name!r}; registered models: {', '.join(list_models())}")
     kwargs = model_kwargs(cfg, num_outputs)
     if pretrained is False:
         kwargs["pretrained"] = False
     dropped = dropped_modality_indices(cfg)
-    if cfg.model.name not in list_models():
-        raise ConfigError(f"invalid value for config key 'model.name': {cfg.model.name!r}; registered models: {', '.join(list_models())}")
     try:
         model = create_model(cfg.model.name, **kwargs)
     except UnknownBackbone as err:

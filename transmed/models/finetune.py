@@ -20,7 +20,8 @@ from einops import rearrange
 from omegaconf import DictConfig
 from torch import nn
 
-from ..config import ConfigError
+from ..core.checkpoint import load_checkpoint
+from ..core.errors import ConfigError
 from .stem import CNNStem
 
 
@@ -104,8 +105,6 @@ class InitReport:
 
 def load_matching(model: nn.Module, checkpoint: str | Path) -> InitReport:
     """Loads every tensor of a TransMed checkpoint whose name and shape match `model` (safe load)."""
-    from ..engine.checkpoint import load_checkpoint
-
     state = load_checkpoint(checkpoint)["model"]
     own = model.state_dict()
     report = InitReport(str(checkpoint), missing=[key for key in own if key not in state])

@@ -13,10 +13,12 @@ import timm
 import torch
 from torch import nn
 
+from ..core.errors import WeightsError
+
 Pretrained = Union[bool, str, Path]
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(WeightsError):
     """ImageNet weights were asked for but cannot be fetched or found."""
 
 

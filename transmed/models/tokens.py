@@ -10,8 +10,21 @@ from einops import rearrange, repeat
 from torch import nn
 
 
+def sliding_windows(t: torch.Tensor, window: int, stride: int, gather: bool = False) -> torch.Tensor:
+    """Windows along the slice axis: (B, M, S, ...) -> (B, M, G, window, ...), G = (S - window) // stride + 1.
+
+    A view through `unfold` by default; `gather=True` indexes the slices instead (a copy), which
+    every exporter takes (the TorchScript ONNX exporter has no `Unfold`). Both hold the same values.
+    """
+    if not gather:
+        return rearrange(t.unfold(2, window, stride), "b m g ... w -> b m g w ...")
+    groups = (t.shape[2] - window) // stride + 1
+    index = rearrange(torch.arange(groups, device=t.device) * stride, "g -> g 1") + torch.arange(window, device=t.device)
+    return t[:, :, index]
+
+
 def group_slices(
-    x: torch.Tensor, mask: torch.Tensor, window: int = 3, stride: int = 1, mode: str = "group"
+    x: torch.Tensor, mask: torch.Tensor, window: int = 3, stride: int = 1, mode: str = "group", gather: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adjacent slices become 3-channel images (TransMed); a group is real only if all its slices are.
 
@@ -19,6 +32,7 @@ def group_slices(
     With `stride` > 1 a stack whose real slices do not end on a group boundary gets one more group
     that repeats its last slice (8 slices, stride 3: 0-1-2, 3-4-5, 6-7-7), so no slice is left out.
     `mode="replicate"` puts each single slice (every `stride`-th) on all three channels instead.
+    `gather=True` builds the groups by indexing rather than `unfold` (see `sliding_windows`), for export.
     """
     if mode == "replicate":
         x, mask = x[:, :, ::stride], mask[:, :, ::stride]
@@ -30,11 +44,11 @@ def group_slices(
     if stride > 1:
         x, mask = _extend_tails(x, mask, window, stride)
     s = x.shape[2]
-    if s < window:  # too short a padded stack: pad so unfold yields one (masked-out) group
+    if s < window:  # too short a padded stack: pad so it yields one (masked-out) group
         x = F.pad(x, (0, 0, 0, 0, 0, window - s))
         mask = F.pad(mask, (0, window - s))
-    images = rearrange(x.unfold(2, window, stride), "b m g h w c -> b m g c h w")
-    group_mask = mask.unfold(2, window, stride).all(dim=-1)
+    images = sliding_windows(x, window, stride, gather)  # (b, m, g, c=window, h, w)
+    group_mask = sliding_windows(mask, window, stride, gather).all(dim=3)
     return images, group_mask
 
 

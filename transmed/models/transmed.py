@@ -40,6 +40,12 @@ def _keep_buffers(module: nn.Module) -> tuple[contextlib.AbstractContextManager,
     return contextlib.nullcontext(), restore()
 
 
+def exporting() -> bool:
+    """True while `torch.export` (also under `torch.onnx.export(dynamo=True)`), the TorchScript ONNX
+    exporter or `torch.jit.trace` records the model: the paths with data-dependent shapes must be off."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def check_inputs(x: torch.Tensor, mask: Optional[torch.Tensor], num_modalities: int) -> torch.Tensor:
     """Validates (B, M, S, H, W) input and returns the (B, M, S) bool mask (all True when None)."""
     if x.dim() != 5:
@@ -54,7 +60,54 @@ def check_inputs(x: torch.Tensor, mask: Optional[torch.Tensor], num_modalities: 
 
 
 class TransMed(nn.Module):
-    """Multi-modal slice-stack classifier. Input x (B, M, S, H, W) in [0, 1], mask (B, M, S); output logits."""
+    """Multi-modal slice-stack classifier: x (B, M, S, H, W) in [0, 1] and mask (B, M, S) -> logits (B, K).
+
+    Every run of 3 adjacent slices of a modality becomes one RGB image for a timm CNN stem; its
+    feature map is pooled to a `grid_size` x `grid_size` grid of tokens, which get modality,
+    slice-position and grid-position embeddings; a transformer fuses all tokens of all modalities
+    and a linear head reads the class token. `mask` marks real slices (False: padding, or a whole
+    missing modality); padded slice groups are masked out of attention and cannot change the output.
+
+    Args:
+        num_modalities: M, the number of MRI sequences or planes per study (input axis 1), in a fixed order.
+        num_outputs: K, the number of logits: one per task (multilabel, sigmoid) or per class (softmax).
+        backbone: any timm CNN with `features_only` support, e.g. "resnet18", "efficientnet_b0".
+        pretrained: False (random init), True (timm's ImageNet weights, from the Hugging Face hub or
+            its cache) or the path of a local weights file for the backbone.
+        variant: transformer size: "tiny" (width 192, 3 heads, 4 layers), "small" (384, 6, 6), "base" (768, 12, 12).
+        depth: number of transformer layers; None takes the variant's.
+        stem_stage: which timm feature stage of the backbone gives the tokens (-1: the last).
+        grid_size: the stem's feature map is average-pooled to grid_size x grid_size tokens per slice group.
+        slice_window: slices per group; must be 3 for `slice_mode="group"` (one per RGB channel).
+        slice_stride: step between groups along the slice axis (1: overlapping groups, 3: disjoint);
+            with stride > 1 a stack's last group repeats its last real slice so that none is left out.
+        slice_mode: "group" (adjacent slices as channels) or "replicate" (every `slice_stride`-th
+            slice copied to all three channels).
+        dropout: dropout in attention, MLP and before the head.
+        drop_path: stochastic-depth rate of the last transformer layer (linearly increasing from 0).
+        stem_chunk: if set, at most this many slice images go through the stem at once (bounded memory
+            for long stacks; no effect on outputs).
+        channels_last: keep the stem in NHWC memory layout (faster convolutions on tensor cores and oneDNN).
+        checkpoint_stem: in training, recompute the stem's activations in backward instead of storing them.
+
+    Example::
+
+        >>> import torch
+        >>> from transmed import TransMed
+        >>> model = TransMed(num_modalities=3, num_outputs=3, backbone="resnet18", variant="tiny").eval()
+        >>> x = torch.rand(2, 3, 12, 64, 64)  # (batch, modality, slice, height, width) in [0, 1]
+        >>> mask = torch.ones(2, 3, 12, dtype=torch.bool)
+        >>> mask[1, 2, 9:] = False  # study 1's third modality has 9 slices: the rest is padding
+        >>> model(x, mask).shape  # logits
+        torch.Size([2, 3])
+
+    In training only real slice groups go through the stem. With `export_mode` set, and always while
+    an exporter records the model (`torch.export`, `torch.onnx.export`, `torch.jit.trace`), every slice
+    group goes through it and padded groups' tokens are zeroed with `torch.where`: no shape depends on
+    the mask's values, and the logits equal the default path's (see `transmed.deploy`).
+    """
+
+    export_mode: bool = False  # dense forward: no data-dependent shapes (set by transmed.deploy's exporters)
 
     def __init__(
         self,
@@ -105,24 +158,42 @@ class TransMed(nn.Module):
 
     def _stem_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, P, D), optionally in chunks so memory stays bounded for long stacks."""
-        if self.stem_chunk is None or images.shape[0] <= self.stem_chunk:
+        if self.stem_chunk is None or exporting() or images.shape[0] <= self.stem_chunk:
             return self.tokenizer(self._run_stem(images))
         return torch.cat([self.tokenizer(self._run_stem(chunk)) for chunk in images.split(self.stem_chunk)])
+
+    def _real_tokens(self, images: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
+        """Images (B, M, G, 3, H, W) -> stem tokens (B, M, G, P, D): only real groups go through the stem, the rest are zeros."""
+        b, m, g = group_mask.shape
+        tokens = images.new_zeros(b, m, g, self.tokenizer.grid_size**2, self.dim)
+        real = images[group_mask]  # (N_real, 3, H, W): its size depends on the mask's values
+        if real.shape[0]:
+            tokens = tokens.index_put((group_mask,), self._stem_tokens(real).to(tokens.dtype))
+        return tokens
+
+    def _dense_tokens(self, images: torch.Tensor, group_mask: torch.Tensor) -> torch.Tensor:
+        """`_real_tokens` with static shapes: every group goes through the stem, padded groups' tokens become zeros.
+
+        Per-image layers only (BatchNorm in eval mode), so padded images cannot reach real ones' tokens.
+        """
+        b, m, _ = group_mask.shape
+        tokens = self._stem_tokens(rearrange(images, "b m g c h w -> (b m g) c h w"))
+        tokens = rearrange(tokens, "(b m g) p d -> b m g p d", b=b, m=m).to(images.dtype)
+        return torch.where(rearrange(group_mask, "b m g -> b m g 1 1"), tokens, torch.zeros_like(tokens))
 
     def tokenize(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (B, 1 + M*G*P, D) with the class token first, and their key mask (B, 1 + M*G*P).
 
-        Only real slice groups go through the stem; padded positions hold zeros plus embeddings and
-        are masked out of attention, so padding cannot change any output.
+        Padded positions hold zeros plus embeddings and are masked out of attention, so padding
+        cannot change any output. Only real slice groups go through the stem, except in the dense
+        path (`export_mode`, or while exporting), where all do and padded ones are zeroed after.
         """
         mask = check_inputs(x, mask, self.num_modalities)
-        images, group_mask = group_slices(x, mask, self.slice_window, self.slice_stride, self.slice_mode)
-        b, m, g = group_mask.shape
-        real = images[group_mask]
+        dense = self.export_mode or exporting()
+        images, group_mask = group_slices(x, mask, self.slice_window, self.slice_stride, self.slice_mode, gather=dense)
+        b = group_mask.shape[0]
         p = self.tokenizer.grid_size**2
-        tokens = x.new_zeros(b, m, g, p, self.dim)
-        if real.shape[0]:
-            tokens = tokens.index_put((group_mask,), self._stem_tokens(real).to(tokens.dtype))
+        tokens = self._dense_tokens(images, group_mask) if dense else self._real_tokens(images, group_mask)
         tokens = rearrange(self.embed(tokens), "b m g p d -> b (m g p) d")
         key_mask = repeat(group_mask, "b m g -> b (m g p)", p=p)
         tokens = torch.cat([self.cls_token.expand(b, -1, -1).to(tokens.dtype), tokens], dim=1)
@@ -155,3 +226,8 @@ class TransMed(nn.Module):
         p = self.tokenizer.grid_size**2
         layout = torch.cartesian_prod(torch.arange(m), torch.arange(g), torch.arange(p))
         return {"attention": torch.stack(maps), "key_mask": key_mask, "layout": layout}
+
+    def no_weight_decay(self) -> set[str]:
+        """Weight matrices that get no weight decay (timm's convention; biases and norms are left out anyway):
+        the class token and the embedding tables (the token embedding's own parameters, not its linear map)."""
+        return {"cls_token", *(f"embed.{name}" for name, _ in self.embed.named_parameters(recurse=False))}

@@ -18,22 +18,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from ..data import DataError, read_manifest  # noqa: E402
-from ..engine.utils import write_json  # noqa: E402
-from ..models import TransMed  # noqa: E402
-from ..models.factory import dropped_modality_indices  # noqa: E402
-from ..models.tokens import group_slices  # noqa: E402
-from .evaluate import UnsupportedRequest, load_trained, output_index, run_folder  # noqa: E402
-from .predict import study_loader  # noqa: E402
+from ..core.errors import DataError, UsageError
+from ..core.io import write_json
+from ..data import read_manifest
+from ..data.collate import to_device
+from ..models import TransMed
+from ..models.factory import dropped_modality_indices
+from ..models.loading import load_trained
+from ..models.tokens import group_slices
+from .evaluate import output_index, run_folder
+from .prediction import study_loader
 
 
 def attention_rollout(attention: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -135,14 +135,14 @@ def explain_study(
     """
     model, cfg, spec, _ = load_trained(checkpoint, overrides)
     if not isinstance(model, TransMed):
-        raise UnsupportedRequest(
+        raise UsageError(
             f"explain needs a TransMed model (attention and a CNN stem); model.name {cfg.model.name} is a {type(model).__name__}"
         )
     item, split = find_study(cfg, str(study_id), split)
     out = Path(out) if out is not None else run_folder(checkpoint) / f"explain-{item['id']}"
     batch = next(iter(study_loader(cfg, [item])))
     device = next(model.parameters()).device
-    x, mask = batch["x"].to(device), batch["mask"].to(device)
+    x, mask = to_device(batch, device)
     dropped = dropped_modality_indices(cfg)
     mask[:, dropped] = False  # what the model's eval-mode hook does; attention and Grad-CAM must see it too
     with torch.no_grad():
@@ -204,7 +204,8 @@ def draw_montage(
     total = sum(float(v.sum()) for v in strips.values()) or 1.0
     cam_max = 1.0 if overlays is None else max((float(o.max()) for o in overlays if o.size), default=0.0) or 1.0
     widest = max(len(s) for s in stacks)
-    fig, axes = plt.subplots(len(stacks), 1, figsize=(0.8 * widest + 2.0, 1.25 * len(stacks) + 0.6), squeeze=False)
+    fig = Figure(figsize=(0.8 * widest + 2.0, 1.25 * len(stacks) + 0.6))
+    axes = fig.subplots(len(stacks), 1, squeeze=False)
     for ax, stack, modality, overlay in zip(axes[:, 0], stacks, modalities, overlays or [None] * len(stacks)):
         n, h, w = stack.shape
         ax.set_axis_off()
@@ -224,4 +225,3 @@ def draw_montage(
     fig.colorbar(heat, ax=axes[:, 0].tolist(), label=strip_label, fraction=0.03, pad=0.02)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=150, bbox_inches="tight")
-    plt.close(fig)

@@ -10,13 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .utils import atomic_write
+from .errors import CheckpointError, UnsafeCheckpointError
+from .io import atomic_write
 
 FORMAT = "transmed-checkpoint/1"
-
-
-class UnsafeCheckpointError(RuntimeError):
-    """The file would need arbitrary code to unpickle; it was not loaded."""
 
 
 def rng_state() -> dict:
@@ -46,7 +43,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Loads with `weights_only=True`; a file that would execute code on load is refused."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -56,9 +53,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"you trust. Detail: {str(err).splitlines()[0]}"
         ) from None
     except (RuntimeError, EOFError) as err:
-        raise RuntimeError(f"cannot read checkpoint {path} (truncated or not a torch file): {err}") from None
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): {err}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise RuntimeError(f"{path} is not a TransMed checkpoint (no '{FORMAT}' marker)")
+        raise CheckpointError(f"{path} is not a TransMed checkpoint (no '{FORMAT}' marker)")
     return ckpt
 
 

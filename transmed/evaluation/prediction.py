@@ -9,10 +9,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from ..data import DataError, LabelSpec, build_dataset, build_loader
+from ..core.device import resolve_device
+from ..core.errors import DataError
+from ..core.labels import LabelSpec
+from ..data import build_dataset, build_loader
 from ..engine.inference import predict
-from ..engine.utils import resolve_device
-from .evaluate import load_trained
+from ..models.loading import load_trained
 
 
 def study_loader(cfg: DictConfig, items: list[dict]) -> DataLoader:
@@ -22,7 +24,7 @@ def study_loader(cfg: DictConfig, items: list[dict]) -> DataLoader:
     new study's file may change under the same path) and read errors raised, never skipped.
     """
     cfg = OmegaConf.merge(cfg, {"data": {"cache_dir": None, "on_error": "raise"}})
-    return build_loader(cfg, build_dataset(cfg, "predict", train=False, manifest=items), train=False)
+    return build_loader(cfg, build_dataset(cfg, "predict", train=False, manifest=items, show_progress=False), train=False)
 
 
 def study_item(cfg: DictConfig, inputs: Sequence[str | Path], study_id: Optional[str] = None) -> dict:
@@ -47,7 +49,7 @@ def study_item(cfg: DictConfig, inputs: Sequence[str | Path], study_id: Optional
 
 def study_probabilities(model: torch.nn.Module, cfg: DictConfig, spec: LabelSpec, item: dict) -> dict[str, float]:
     """Probability per task (multilabel) or class (multiclass) for one study dict."""
-    preds = predict(model, study_loader(cfg, [item]), spec, resolve_device(cfg.train.device), cfg.train.amp)
+    preds = predict(model, study_loader(cfg, [item]), spec, resolve_device(cfg.train.device), cfg.train.amp, desc=None)  # one study: no bar
     return {name: float(p) for name, p in zip(spec.names, preds.probs[0])}
 
 

@@ -1,25 +1,10 @@
-"""Errors for bad study data; each names the study and the file. `OnError` applies `data.on_error`."""
+"""Finding the `StudyError` behind a failure, and `OnError`, which applies `data.on_error`."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-
-class DataError(ValueError):
-    """A dataset-level problem (layout, label files, splits)."""
-
-
-class StudyError(DataError):
-    """One study cannot be used; carries its id, the offending file and the reason."""
-
-    def __init__(self, study_id: str, reason: str, file: Optional[str] = None) -> None:
-        self.study_id, self.reason, self.file = study_id, reason, file
-        where = f" (file {file})" if file else ""
-        super().__init__(f"study {study_id}{where}: {reason}")
-
-    def record(self) -> dict:
-        """The `skipped.json` entry for this study."""
-        return {"id": self.study_id, "file": self.file, "reason": self.reason}
+from ..core.errors import DataError, StudyError
 
 
 def study_error_in(err: Optional[BaseException]) -> Optional[StudyError]:

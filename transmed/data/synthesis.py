@@ -25,6 +25,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ..core.progress import progress
+
 PLANES = ("sagittal", "coronal", "axial")
 TASKS = ("abnormal", "acl", "meniscus")
 _GRID = 64  # resolution of the underlying 3D volume
@@ -93,7 +95,7 @@ def generate_mrnet(
         for plane in PLANES:
             (root / split / plane).mkdir(parents=True, exist_ok=True)
         rows: dict[str, list[tuple[str, int]]] = {task: [] for task in TASKS}
-        for _ in range(count):
+        for _ in progress(range(count), desc=f"generate synthetic {split}", unit="studies"):
             sid = f"{study:04d}"
             labels = _sample_labels(rng)
             volume = synthetic_volume(rng, labels)
@@ -197,7 +199,7 @@ def generate_nifti(root: str | Path, num_studies: int = 30, with_split: bool = F
     labels = [NIFTI_CLASSES[i % len(NIFTI_CLASSES)] for i in rng.permutation(num_studies)]
     rows = []
     seen: dict[str, int] = {}
-    for index, label in enumerate(labels):
+    for index, label in enumerate(progress(labels, desc="generate synthetic NIfTI studies", unit="studies")):
         pid = f"P{index:03d}"
         (root / pid).mkdir(parents=True, exist_ok=True)
         signal = parotid_phantom(rng, label)

@@ -24,23 +24,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from PIL import Image
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-
-from ..data import DataError, LabelSpec, build_dataset, build_loader, pad_collate  # noqa: E402
-from ..data.transforms import min_slices_for  # noqa: E402
-from ..engine.inference import Predictions, predict  # noqa: E402
-from ..engine.utils import eval_mode, write_json  # noqa: E402
-from .evaluate import ResultExistsError, load_trained, output_index, run_folder  # noqa: E402
-from .scores import point_aucs  # noqa: E402
+from ..core.errors import DataError, ResultExistsError
+from ..core.io import write_json
+from ..core.labels import LabelSpec, Predictions
+from ..core.progress import progress
+from ..data import build_dataset, build_loader, pad_collate
+from ..data.collate import to_device, to_float
+from ..data.transforms import min_slices_for
+from ..engine.inference import predict
+from ..engine.scores import point_aucs
+from ..engine.utils import eval_mode
+from ..models.loading import load_trained
+from .evaluate import output_index, run_folder
 
 NORMS = ("l2", "linf")
 IMAGE_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -117,7 +120,8 @@ class Perturbed(nn.Module):
 def predict_with(model: nn.Module, spec: LabelSpec, batches: Iterable[dict], rho: Optional[torch.Tensor] = None) -> Predictions:
     """`engine.inference.predict` over the batches, with `rho` applied when given."""
     device = next(model.parameters()).device
-    return predict(model if rho is None else Perturbed(model, rho), batches, spec, device, amp=False)
+    desc = "predict" if rho is None else "predict, perturbed"
+    return predict(model if rho is None else Perturbed(model, rho), batches, spec, device, amp=False, desc=desc)
 
 
 def success_rate(clean: Predictions, attacked: Predictions, spec: LabelSpec, target: Optional[int] = None) -> float:
@@ -145,7 +149,7 @@ def mean_slice_norm(batches: Iterable[dict], norm: str) -> float:
     """Mean Lp norm of the real slice images of the batches."""
     total, count = 0.0, 0
     for batch in batches:
-        norms = lp_norm(batch["x"], norm)[batch["mask"]]
+        norms = lp_norm(to_float(batch["x"]), norm)[batch["mask"]]
         total, count = total + float(norms.sum()), count + norms.numel()
     if count == 0:
         raise DataError("no real slices in the crafting inputs")
@@ -180,8 +184,8 @@ def craft_uap(
     rate, passes = 0.0, 0
     for passes in range(1, max_iter + 1):
         with eval_mode(model):
-            for batch in batches:
-                x, mask = batch["x"].to(device), batch["mask"].to(device)
+            for batch in progress(batches, desc=f"UAP pass {passes}/{max_iter}", unit="batches"):
+                x, mask = to_device(batch, device)
                 before = torch.stack([clean_decision[sid] for sid in batch["id"]]).to(device)
                 rho.requires_grad_(True)
                 logits = model(apply_perturbation(x, mask, rho), mask).float()
@@ -308,7 +312,7 @@ def run_robustness(
     write_json(out / "uap.json", result)
     np.save(out / "uap.npy", uap.perturbation.numpy())
     example = next(iter(evaluation))
-    plot_uap(uap.perturbation, example["x"][0], example["mask"][0], list(cfg.data.modalities), result, out / "uap.png")
+    plot_uap(uap.perturbation, to_float(example["x"][0]), example["mask"][0], list(cfg.data.modalities), result, out / "uap.png")
     return out
 
 
@@ -317,7 +321,8 @@ def plot_uap(rho: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, modalities:
     study and that slice with the perturbation."""
     perturbed = apply_perturbation(x[None], mask[None], rho)[0]
     limit = float(rho.abs().max()) or 1.0
-    fig, axes = plt.subplots(3, len(modalities), figsize=(3.2 * len(modalities), 9), squeeze=False)
+    fig = Figure(figsize=(3.2 * len(modalities), 9))
+    axes = fig.subplots(3, len(modalities), squeeze=False)
     for m, modality in enumerate(modalities):
         s = int(mask[m].sum()) // 2
         shown = axes[0, m].imshow(rho[m].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
@@ -336,4 +341,3 @@ def plot_uap(rho: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, modalities:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)

@@ -1,0 +1,56 @@
+"""What every command shares: config arguments, quiet known warnings, and one line per failure.
+
+A command module's `main(argv, prog)` is: argparse, then one library call. `run_main` runs it so that a
+`TransMedError` (bad config, data, checkpoint, run folder, weights: the user's input) prints one
+line, `error: ...`, and exits with the error's code (2 for config and usage errors, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Callable, NoReturn, Optional
+
+from ..core.errors import ConfigError, TransMedError
+
+# Warnings the libraries print on every start that say nothing about the user's run.
+KNOWN_HARMLESS = (
+    (r".*NvImgCodec.*", UserWarning),  # pydicom/MONAI: the optional nvImageCodec decoder is not installed
+    (r".*nvimgcodec.*", UserWarning),
+    (r".*cuCIM.*", UserWarning),
+    (r".*torch\.cuda\.amp.*", FutureWarning),
+)
+
+def quiet_known_warnings() -> None:
+    for message, category in KNOWN_HARMLESS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def run_main(main: Callable[[], None]) -> None:
+    """Runs a command (`main()` parses `sys.argv`); a `TransMedError` prints one clear line and exits with its code."""
+    quiet_known_warnings()
+    try:
+        main()
+    except TransMedError as err:
+        fail(f"{'config: ' if isinstance(err, ConfigError) else ''}{err}", code=err.exit_code)
+
+
+def parser_for(doc: Optional[str], prog: Optional[str]) -> argparse.ArgumentParser:
+    """A parser whose description is the command module's docstring."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.epochs=3")
+
+
+def add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML config file (a bare name such as knee.yaml is looked up in configs/)")
+    add_overrides(parser)

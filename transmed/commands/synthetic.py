@@ -1,0 +1,31 @@
+"""Write a synthetic dataset: transmed synthetic ROOT [--format mrnet|nifti] [options]
+
+Knee studies in the MRNet layout (what `data.format: synthetic` generates on first use), or
+parotid-like T1/T2 studies in the `nifti` layout.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..data.synthesis import generate_mrnet, generate_nifti
+from ._common import parser_for
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
+    parser = parser_for(__doc__, prog)
+    parser.add_argument("root")
+    parser.add_argument("--format", choices=("mrnet", "nifti"), default="mrnet")
+    parser.add_argument("--num-train", type=int, default=120, help="mrnet: train studies; nifti: all studies")
+    parser.add_argument("--num-valid", type=int, default=60)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--min-slices", type=int, default=16)
+    parser.add_argument("--max-slices", type=int, default=32)
+    parser.add_argument("--with-split", action="store_true", help="nifti: write a split column")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.format == "nifti":
+        generate_nifti(args.root, args.num_train, args.with_split, args.seed)
+    else:
+        generate_mrnet(args.root, args.num_train, args.num_valid, args.image_size, args.min_slices, args.max_slices, args.seed)
+

@@ -1,0 +1,4 @@
+"""The bottom layer: what every other layer shares (errors, label spec, checkpoint files, small I/O).
+
+Nothing here imports another part of `transmed` (see docs/architecture.md).
+"""

@@ -1,0 +1,174 @@
+"""Training augmentation on the batch, on the training device (`data.augment_on: device`).
+
+Per study, one random draw of the family `transforms.augment` applies per study in the loader
+(`data.augment_on: loader`), with the same probabilities and ranges (`RANGES`):
+- a left-right flip (p 0.5);
+- an in-plane affine (p 0.7): rotation within +-10 degrees, scale 1 +- 0.1 per axis, shift within
+  +-5% of the image size per axis, bilinear, zeros outside (as MONAI's `RandAffine`: the sampling
+  grid is rotation(scale(p) + shift) around the image centre);
+- then, on the float intensities, a scale by 1 +- 0.1 (p 0.5) and a shift by +-0.05 (p 0.5).
+The draw is shared by every slice of every modality of the study (one `affine_grid`, one
+`grid_sample` over its M * S slice images), so slices and modalities stay aligned; padded slices
+(mask False) are returned exactly as they came. The random numbers come from a `torch.Generator`
+on the batch's device, so a run is reproducible from (seed, epoch, rank) on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+RANGES = {
+    "flip_prob": 0.5,  # left-right (the last axis)
+    "affine_prob": 0.7,
+    "rotate_degrees": 10.0,
+    "scale": 0.1,  # factor 1 +- scale, drawn per axis
+    "shift": 0.05,  # fraction of the image size, drawn per axis
+    "intensity_scale_prob": 0.5,
+    "intensity_scale": 0.1,  # x * (1 + uniform(-0.1, 0.1))
+    "intensity_shift_prob": 0.5,
+    "intensity_shift": 0.05,  # x + uniform(-0.05, 0.05)
+}
+_DRAWS = 11  # uniforms per study, a fixed layout: the stream does not depend on which branches fire
+
+
+def augment_seed(epoch_seed: int, rank: int = 0) -> int:
+    """The generator seed for one epoch on one rank, mixed apart from the data-order seed (`epoch_seed`)."""
+    return int(np.random.SeedSequence([int(epoch_seed), int(rank), 0xA06]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def augment_generator(device: torch.device | str, epoch_seed: int, rank: int = 0) -> torch.Generator:
+    """A generator on `device` seeded for (epoch seed, rank)."""
+    return torch.Generator(device=torch.device(device)).manual_seed(augment_seed(epoch_seed, rank))
+
+
+def sampling_grid(
+    angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, size: tuple[int, int], flip: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """(B, H, W, 2) grid for `grid_sample` (align_corners=False) of per-study affines.
+
+    angle (B,) radians; scale (B, 2) and shift (B, 2) in (row, column) order, shift in pixels. An
+    output pixel at p (from the image centre) samples the input at rotation(scale * p + shift);
+    with `flip` (B,) bool, the input left-right flipped first (so at its mirror image).
+    """
+    h, w = size
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # MONAI's rotation [[cos, -sin], [sin, cos]] in (row, column) order, written in (x = column, y = row) order
+    rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # (B, 2, 2)
+    lin = rot * scale.flip(-1)[:, None, :]  # rot @ diag(scale_x, scale_y)
+    trans = (rot @ shift.flip(-1)[:, :, None])[..., 0]
+    to_norm = torch.tensor([2.0 / w, 2.0 / h], dtype=angle.dtype, device=angle.device)  # pixel -> [-1, 1] (align_corners=False)
+    theta = torch.cat([lin * to_norm[:, None] / to_norm[None, :], (trans * to_norm)[..., None]], -1)  # (B, 2, 3)
+    if flip is not None:  # x(mirror(q)): the column coordinate of the sampled point changes sign
+        theta = torch.cat([torch.where(flip[:, None], -theta[:, :1], theta[:, :1]), theta[:, 1:]], 1)
+    return F.affine_grid(theta, [len(angle), 1, h, w], align_corners=False)
+
+
+def draw_params(batch_size: int, size: tuple[int, int], generator: Optional[torch.Generator] = None, device=None) -> dict:
+    """One draw per study (`RANGES`): flip, affine (bool); angle (rad); scale, shift (pixels), (B, 2)
+    in (row, column) order; gain, offset (1 and 0 where the intensity change did not fire)."""
+    r, h, w = RANGES, *size
+    u = torch.rand(batch_size, _DRAWS, generator=generator, device=device, dtype=torch.float32)
+    sym = 2 * u - 1  # uniform(-1, 1)
+    return {
+        "flip": u[:, 0] < r["flip_prob"],
+        "affine": u[:, 1] < r["affine_prob"],
+        "angle": sym[:, 2] * math.radians(r["rotate_degrees"]),
+        "scale": 1 + sym[:, 3:5] * r["scale"],
+        "shift": sym[:, 5:7] * r["shift"] * torch.tensor([h, w], dtype=torch.float32, device=u.device),
+        "gain": torch.where(u[:, 7] < r["intensity_scale_prob"], 1 + sym[:, 8] * r["intensity_scale"], torch.ones_like(u[:, 8])),
+        "offset": torch.where(u[:, 9] < r["intensity_shift_prob"], sym[:, 10] * r["intensity_shift"], torch.zeros_like(u[:, 10])),
+    }
+
+
+def _warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _apply_batched(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
+    """Whole-batch tensor ops, no host synchronisation: for GPUs."""
+    b, m, s, h, w = x.shape
+    view = (b, 1, 1, 1, 1)
+    out = torch.where(params["flip"].view(view), x.flip(-1), x)
+    warped = _warp(out.flatten(1, 2), sampling_grid(params["angle"], params["scale"], params["shift"], (h, w))).view_as(out)
+    out = torch.where(params["affine"].view(view), warped, out)
+    out = out * params["gain"].view(view).to(x.dtype) + params["offset"].view(view).to(x.dtype)
+    return torch.where(mask[..., None, None], out, x)
+
+
+def _apply_per_study(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
+    """One study at a time, in place where possible, the flip folded into the warp: for CPUs, where
+    each pass over the batch costs memory bandwidth. Equal to `_apply_batched` up to rounding."""
+    b, m, s, h, w = x.shape
+    out = torch.empty_like(x)
+    flips, affines = params["flip"].tolist(), params["affine"].tolist()
+    gains, offsets = params["gain"].tolist(), params["offset"].tolist()
+    for i in range(b):
+        study = x[i]
+        if affines[i]:
+            grid = sampling_grid(
+                params["angle"][i : i + 1], params["scale"][i : i + 1], params["shift"][i : i + 1], (h, w), params["flip"][i : i + 1]
+            )
+            changed = _warp(study.reshape(1, m * s, h, w), grid).view(m, s, h, w)
+        elif flips[i]:
+            changed = study.flip(-1)
+        elif gains[i] == 1 and offsets[i] == 0:
+            out[i] = study
+            continue
+        else:
+            changed = study.clone()
+        if gains[i] != 1:
+            changed.mul_(gains[i])
+        if offsets[i] != 0:
+            changed.add_(offsets[i])
+        out[i] = changed
+        padded = ~mask[i]
+        if padded.any():
+            out[i][padded] = study[padded]
+    return out
+
+
+def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict, batched: Optional[bool] = None) -> torch.Tensor:
+    """x (B, M, S, H, W) float with each study's drawn flip, affine and intensity change; padding as it came.
+
+    `batched` (default: on any device but the CPU) picks whole-batch ops over a loop over studies.
+    """
+    batched = x.device.type != "cpu" if batched is None else batched
+    return (_apply_batched if batched else _apply_per_study)(x, mask, params)
+
+
+def augment_batch(x: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """x (B, M, S, H, W) float, mask (B, M, S) -> x with one random spatial and intensity change per study.
+
+    See the module docstring; padded slices come back unchanged. Runs where `x` is (GPU or CPU);
+    `generator` must live on that device.
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"augment_batch needs the float batch (collate.to_device gives it), got {x.dtype}")
+    return apply_params(x, mask, draw_params(x.shape[0], tuple(x.shape[-2:]), generator, x.device))
+
+
+class BatchAugment:
+    """`augment_batch` with its own generator on `device`, reseeded every epoch by the trainer."""
+
+    def __init__(self, device: torch.device | str, epoch_seed: int = 0, rank: int = 0) -> None:
+        self.device = torch.device(device)
+        self.generator = augment_generator(self.device, epoch_seed, rank)
+
+    def reseed(self, epoch_seed: int, rank: int = 0) -> None:
+        self.generator.manual_seed(augment_seed(epoch_seed, rank))
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return augment_batch(x, mask, self.generator)
+
+
+def training_augment(cfg, device: torch.device | str, epoch_seed: int, rank: int = 0) -> Optional[BatchAugment]:
+    """The trainer's batch augmentation for one epoch on one rank: a `BatchAugment` under
+    `data.augment` with `data.augment_on: device`, else None (off, or done in the loader)."""
+    if not (cfg.data.augment and cfg.data.augment_on == "device"):
+        return None
+    return BatchAugment(device, epoch_seed, rank)

@@ -1,0 +1,325 @@
+"""The model sections of the benchmark: throughput, fusion overhead, scaling, fast paths.
+
+Each section takes the plan and the device and returns its rows (JSON-ready dicts). The data
+sections (loader, RSS scale, training run) are in `loader.py` and `training.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from ...config import load_config
+from ...engine.utils import autocast
+from ...models import build_model, list_models
+from ...models.tokens import group_slices
+from .measure import Case, count_flops, measure, ratio_rounds, verdict
+from .plan import FUSION_GOAL, NUM_OUTPUTS, TRANSMED_MODELS, Plan, Shape
+
+Log = Callable[[str], None]
+
+# ---------------------------------------------------------------- models and steps
+
+
+def bench_config(shape: Shape, device: torch.device, overrides: Optional[dict] = None) -> DictConfig:
+    """The config the models of `shape` are built from (as training builds them)."""
+    items = {
+        "data.modalities": "[" + ",".join(f"m{i}" for i in range(shape.modalities)) + "]",
+        "data.image_size": shape.image_size,
+        "model.backbone": shape.backbone,
+        "model.pretrained": "false",
+        "train.batch_size": shape.batch,
+        "train.device": device.type,
+    }
+    if shape.depth is not None:
+        items["model.depth"] = shape.depth
+    items.update(overrides or {})
+    return load_config(None, [f"{k}={v}" for k, v in items.items()])
+
+
+def bench_inputs(shape: Shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded x (B, M, S, H, W), all-real mask and multi-label targets."""
+    gen = torch.Generator().manual_seed(0)
+    b, m, s, size = shape.batch, shape.modalities, shape.slices, shape.image_size
+    x = torch.rand(b, m, s, size, size, generator=gen)
+    y = torch.randint(0, 2, (b, NUM_OUTPUTS), generator=gen).float()
+    return x.to(device), torch.ones(b, m, s, dtype=torch.bool, device=device), y.to(device)
+
+
+def _model(cfg: DictConfig, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, NUM_OUTPUTS).to(device)
+
+
+def _optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    from ...engine.trainer import build_optimizer
+
+    return build_optimizer(model, cfg)
+
+
+def train_step(
+    model: nn.Module, cfg: DictConfig, inputs: tuple, device: torch.device, amp: bool, accumulate: int = 1
+) -> Callable[[], None]:
+    """Forward, BCE loss, backward (over `accumulate` micro-batches), gradient clipping and an AdamW step, as training does."""
+    model.train()
+    optimizer = _optimizer(model, cfg)
+    x, mask, y = inputs
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        for xs, ms, ys in zip(x.chunk(accumulate), mask.chunk(accumulate), y.chunk(accumulate)):
+            with autocast(device, amp):
+                loss = F.binary_cross_entropy_with_logits(model(xs, ms).float(), ys) / accumulate
+            loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+
+    return step
+
+
+def stem_step(model: nn.Module, cfg: DictConfig, inputs: tuple, device: torch.device, amp: bool) -> tuple[Callable[[], None], int]:
+    """The floor under a TransMed train step: a copy of its stem alone on the same slice-images.
+
+    Forward, a trivial loss on the pooled features, backward, clipping and the same optimizer over
+    the stem's parameters. Returns the step and the number of slice-images it processes.
+    """
+    x, mask, _ = inputs
+    images, group_mask = group_slices(x, mask, model.slice_window, model.slice_stride, model.slice_mode)
+    images = images[group_mask].contiguous()
+    stem = copy.deepcopy(model.stem).train()
+    optimizer = _optimizer(stem, cfg)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            loss = stem(images).float().mean(dim=(2, 3)).sum()
+        loss.backward()
+        nn.utils.clip_grad_norm_(stem.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+
+    return step, images.shape[0]
+
+
+def infer_step(model: nn.Module, inputs: tuple, device: torch.device, amp: bool) -> Callable[[], None]:
+    """An eval-mode forward pass under `torch.inference_mode`, as evaluation runs it."""
+    model.eval()
+    x, mask, _ = inputs
+
+    def step() -> None:
+        with torch.inference_mode(), autocast(device, amp):
+            model(x, mask)
+
+    return step
+
+
+def params_m(model: nn.Module) -> float:
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def precisions(device: torch.device) -> tuple[bool, ...]:
+    """amp off and on where bf16 autocast exists (CUDA); off only on CPU."""
+    return (False, True) if device.type == "cuda" and torch.cuda.is_bf16_supported() else (False,)
+
+
+def precision_name(amp: bool) -> str:
+    return "bf16" if amp else "fp32"
+
+
+def bench_models() -> list[str]:
+    """TransMed tiny and small, then every other registered model (the baselines) that is not a TransMed size."""
+    return list(TRANSMED_MODELS) + [name for name in list_models() if not name.startswith("transmed")]
+
+
+# ---------------------------------------------------------------- sections
+
+
+def bench_throughput(plan: Plan, device: torch.device, models: Sequence[str], log: Log) -> list[dict]:
+    """Train and inference steps of each model on the same inputs, per shape and (CUDA) precision, interleaved."""
+    rows = []
+    for shape in plan.shapes:
+        inputs = bench_inputs(shape, device)
+        for mode in ("train", "infer"):
+            cases = []
+            for name in models:
+                cfg = bench_config(shape, device, {"model.name": name})
+                for amp in precisions(device):
+                    model = _model(cfg, device)
+                    step = train_step(model, cfg, inputs, device, amp) if mode == "train" else infer_step(model, inputs, device, amp)
+                    info = dict(shape=shape.name, model=name, mode=mode, precision=precision_name(amp), params_m=params_m(model))
+                    cases.append(Case(info, step, shape.batch))
+            log(f"throughput: {shape.label}, {mode}, {len(cases)} cases")
+            measured = measure(cases, device, plan.rounds, plan.warmup)
+            # relative to late fusion (the baseline TransMed must beat on cost), round by round
+            ref = {r["precision"]: r for r in measured if r["model"] == "late_fusion"}
+            for row in measured:
+                base = ref.get(row["precision"])
+                if base is not None:
+                    # throughput relative to late fusion: its step time over this model's, per round
+                    rel = ratio_rounds(base["ms_rounds"], row["ms_rounds"])
+                    row.update(vs_late_fusion=rel["ratio"], vs_late_fusion_low=rel["ratio_low"], vs_late_fusion_high=rel["ratio_high"])
+            rows += measured
+            del cases
+    return rows
+
+
+def bench_fusion(plan: Plan, device: torch.device, log: Log) -> list[dict]:
+    """Stem alone, TransMed without encoder blocks (tokens, embeddings, head) and the full model, timed interleaved.
+
+    `ratio` is the median over rounds of (full step / stem step) within a round, with the lowest and
+    highest round; `flop_ratio` (matmul and convolution FLOPs of the full step over the stem's) is the
+    ratio if every FLOP cost the same. `verdict`: meets / misses the goal, or undecided where the
+    rounds spread wider than the margin to it.
+    """
+    rows = []
+    amp = precisions(device)[-1]
+    for shape in plan.shapes:
+        inputs = bench_inputs(shape, device)
+        for name in TRANSMED_MODELS:
+            cfg = bench_config(shape, device, {"model.name": name})
+            no_encoder_cfg = bench_config(shape, device, {"model.name": name, "model.depth": 0})
+            full = _model(cfg, device)
+            stem, images = stem_step(full, cfg, inputs, device, amp)
+            steps = {
+                "stem": stem,
+                "no_encoder": train_step(_model(no_encoder_cfg, device), no_encoder_cfg, inputs, device, amp),
+                "full": train_step(full, cfg, inputs, device, amp),
+            }
+            info = dict(shape=shape.name, model=name, precision=precision_name(amp), slice_images=images)
+            log(f"fusion: {shape.label}, {name}")
+            flops = {part: count_flops(step) for part, step in steps.items()}  # doubles as the first warm-up step
+            cases = [Case(dict(info, part=part), step, shape.batch) for part, step in steps.items()]
+            parts = {row["part"]: row for row in measure(cases, device, plan.fusion_rounds, warmup=max(0, plan.warmup - 1))}
+            stem_row, no_encoder_row, full_row = (parts[p] for p in ("stem", "no_encoder", "full"))
+            ratio = ratio_rounds(full_row["ms_rounds"], stem_row["ms_rounds"])
+            row = dict(
+                info,
+                rounds=len(full_row["ms_rounds"]),
+                stem_ms=stem_row["ms"],
+                no_encoder_ms=no_encoder_row["ms"],
+                full_ms=full_row["ms"],
+                stem_spread=stem_row["spread"],
+                full_spread=full_row["spread"],
+                **ratio,
+                goal=FUSION_GOAL,
+                verdict=verdict(ratio["ratio"], ratio["ratio_low"], ratio["ratio_high"], FUSION_GOAL),
+                flop_ratio=flops["full"] / flops["stem"],
+                tokens_share=(no_encoder_row["ms"] - stem_row["ms"]) / stem_row["ms"],
+                encoder_share=(full_row["ms"] - no_encoder_row["ms"]) / stem_row["ms"],
+                stem_peak_mib=stem_row["peak_mib"],
+                full_peak_mib=full_row["peak_mib"],
+                stem_params_m=params_m(full.stem),
+                params_m=params_m(full),
+            )
+            if "cpu_rounds" in full_row:
+                cpu = ratio_rounds(full_row["cpu_rounds"], stem_row["cpu_rounds"])
+                row.update(cpu_ratio=cpu["ratio"], cpu_ratio_low=cpu["ratio_low"], cpu_ratio_high=cpu["ratio_high"])
+            rows.append(row)
+    return rows
+
+
+def bench_scaling(plan: Plan, device: torch.device, log: Log) -> list[dict]:
+    """TransMed tiny and its stem alone against slices per modality, then against the number of modalities."""
+    base = plan.scaling
+    points = [(s, base.modalities) for s in plan.scaling_slices]
+    points += [(base.slices, m) for m in plan.scaling_modalities if (base.slices, m) not in points]
+    amp = precisions(device)[-1]
+    rows = []
+    for slices, modalities in points:
+        shape = replace(base, slices=slices, modalities=modalities)
+        inputs = bench_inputs(shape, device)
+        cfg = bench_config(shape, device, {"model.name": "transmed_tiny"})
+        model = _model(cfg, device)
+        stem, images = stem_step(model, cfg, inputs, device, amp)
+        groups = images // (shape.batch * modalities)
+        info = dict(
+            shape=base.name,
+            slices=slices,
+            modalities=modalities,
+            precision=precision_name(amp),
+            slice_images=images,
+            tokens=1 + modalities * groups * model.tokenizer.grid_size**2,
+        )
+        log(f"scaling: {slices} slices x {modalities} modalities")
+        cases = [Case(info, stem, shape.batch), Case(info, train_step(model, cfg, inputs, device, amp), shape.batch)]
+        stem_row, full_row = measure(cases, device, plan.rounds, plan.warmup)
+        ratio = ratio_rounds(full_row["ms_rounds"], stem_row["ms_rounds"])
+        rows.append(
+            dict(
+                info,
+                stem_ms=stem_row["ms"],
+                full_ms=full_row["ms"],
+                **ratio,
+                stem_peak_mib=stem_row["peak_mib"],
+                full_peak_mib=full_row["peak_mib"],
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """One training configuration of TransMed tiny: config overrides and the step's switches."""
+
+    name: str
+    overrides: dict = field(default_factory=dict)
+    amp: bool = False
+    compile: bool = False
+    accumulate: int = 1
+
+
+def fast_paths(plan: Plan, device: torch.device, shape: Shape) -> tuple[list[FastPath], list[str]]:
+    """The variants measured at `shape`, and notes on those left out. With compile: compile with bf16 off and on (CUDA)."""
+    images = shape.batch * shape.modalities * (shape.slices - 2)
+    chunk = max(1, math.ceil(images / 4))
+    amp = precisions(device)[-1]
+    paths = [FastPath("default (fp32)")]
+    if amp:
+        paths.append(FastPath("bf16 autocast", amp=True))
+    prefix = "bf16 + " if amp else ""
+    paths += [
+        FastPath(prefix + "channels_last", {"model.channels_last": "true"}, amp),
+        FastPath(prefix + "checkpoint_stem", {"train.checkpoint_stem": "true"}, amp),
+        FastPath(prefix + f"stem_chunk={chunk}", {"model.stem_chunk": chunk}, amp),
+        FastPath(prefix + f"checkpoint_stem + stem_chunk={chunk}", {"train.checkpoint_stem": "true", "model.stem_chunk": chunk}, amp),
+    ]
+    notes = []
+    if shape.batch >= 2:
+        paths.append(FastPath(prefix + "accumulate=2 (half-size micro-batches)", amp=amp, accumulate=2))
+    else:
+        notes.append(f"{shape.name}: accumulate needs a batch of at least 2")
+    if plan.compile:
+        paths.append(FastPath("compile", compile=True))
+        if amp:
+            paths.append(FastPath("bf16 + compile", amp=True, compile=True))
+    return paths, notes
+
+
+def bench_fast_paths(plan: Plan, device: torch.device, log: Log) -> list[dict]:
+    """TransMed tiny's train step under each fast path, with speed and memory relative to the default (round by round)."""
+    rows = []
+    for shape in plan.shapes:
+        inputs = bench_inputs(shape, device)
+        cases = []
+        for path in fast_paths(plan, device, shape)[0]:
+            cfg = bench_config(shape, device, {"model.name": "transmed_tiny", **path.overrides})
+            model = _model(cfg, device)
+            step = train_step(torch.compile(model) if path.compile else model, cfg, inputs, device, path.amp, path.accumulate)
+            cases.append(Case(dict(shape=shape.name, model="transmed_tiny", path=path.name), step, shape.batch))
+        log(f"fast paths: {shape.label}, {len(cases)} variants")
+        # compiled variants compile in their first step: always warm up at least once
+        measured = measure(cases, device, plan.rounds, max(1, plan.warmup) if plan.compile else plan.warmup)
+        default = measured[0]
+        for row in measured:
+            memory = row["peak_mib"] / default["peak_mib"] if default["peak_mib"] else None
+            speed = ratio_rounds(default["ms_rounds"], row["ms_rounds"])
+            rows.append(
+                dict(row, speedup=speed["ratio"], speedup_low=speed["ratio_low"], speedup_high=speed["ratio_high"], memory_ratio=memory)
+            )
+    return rows
