@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,119 @@ def test_backbone_lr_mult_follows_a_pretrained_start(overrides, expected, tmp_pa
 def test_shipped_configs_train_a_from_scratch_stem_at_the_full_lr(name):
     assert load_config(ROOT / "configs" / name).train.backbone_lr_mult == pytest.approx(0.1)
     assert load_config(ROOT / "configs" / name, ["model.pretrained=false"]).train.backbone_lr_mult == pytest.approx(1.0)
+
+
+# --- issue 12: every config value is range-checked; each bad one is one `error: config:` line naming the key ---
+
+
+def run_command(argv, capsys) -> tuple[int, str]:
+    """`transmed ARGV` in-process: (exit code, stderr)."""
+    from transmed.commands import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    return caught.value.code, capsys.readouterr().err
+
+
+BAD_VALUES = [
+    ("train.accumulate=0", "train.accumulate"),  # was a ZeroDivisionError
+    ("train.lr=-1", "train.lr"),  # trained: gradient ascent
+    ("train.lr=0", "train.lr"),
+    ("data.num_slices=0", "data.num_slices"),  # silently meant "keep them"
+    ("data.num_slices=2", "data.num_slices.*at least 3"),
+    ("model.dropout=1.5", "model.dropout"),  # was torch's ValueError
+    ("data.num_workers=-1", "data.num_workers"),
+    ("data.val_fraction=1.5", "data.val_fraction"),
+    ("data.val_fraction=0", "data.val_fraction"),
+    ("model.grid_size=0", "model.grid_size"),
+    ("model.slice_window=5", "model.slice_window.*must be 3"),
+    ("model.slice_stride=0", "model.slice_stride"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs"),
+    ("train.grad_clip=-1", "train.grad_clip"),
+    ("train.modality_dropout=1", "train.modality_dropout"),
+    ("train.backbone_lr_mult=-1", "train.backbone_lr_mult"),
+    ("data.num_folds=1", "data.num_folds"),
+    ("data.fold=-1", "data.fold"),
+    ("data.spacing=[1,0,1]", "data.spacing"),
+    ("data.spacing=[1,1]", "data.spacing"),
+    ("data.slice_axis=3", "data.slice_axis"),
+    ("model.depth=0", "model.depth"),
+    ("model.drop_path=1.5", "model.drop_path"),
+    ("model.stem_chunk=0", "model.stem_chunk"),
+    ("model.stem_stage=-2", "model.stem_stage"),
+    ("seed=-1", "'seed'"),
+    ("data.split_seed=-1", "data.split_seed"),
+    ("run_name=a/../../b", "run_name"),
+    ("data.modalities=[sagittal,sagittal]", "data.modalities.*twice"),
+    ("data.tasks=[]", "data.tasks"),
+    ("data.classes=[a]", "data.classes"),
+    ("data.synthetic.max_slices=1", "data.synthetic.max_slices"),
+    ("data.synthetic.num_train=0", "data.synthetic.num_train"),
+]
+
+
+@pytest.mark.parametrize("override,match", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_out_of_range_value_is_one_config_line_naming_the_key(override, match, capsys, tmp_path):
+    nowhere = ["data.format=mrnet", f"data.root={tmp_path / 'none'}", f"output_dir={tmp_path}"]  # before the checks: no data
+    code, err = run_command(["train", "--config", "demo.yaml", override, *nowhere], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: config: ") and "config key" in err, err
+    assert re.search(match, err), err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_a_config_error(capsys, tmp_path):
+    code, err = run_command(["train", "--config", "demo.yaml", "train.device=cuda", f"output_dir={tmp_path}"], capsys)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "'train.device'" in err and "CUDA is not available" in err
+
+
+@pytest.mark.parametrize("text", ["- data\n- model\n", "42\n"], ids=["list", "scalar"])
+def test_yaml_whose_top_level_is_not_a_mapping(text, capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    code, err = run_command(["train", "--config", str(path)], capsys)
+    assert code == 2 and err.strip().splitlines() == [f"error: config: config file {path}: the top level must be a mapping "
+                                                      "of keys (data:, model:, train:, ...), not a list or a value"], err
+
+
+def test_stem_stage_beyond_the_backbone_names_key_and_stages(capsys, tmp_path):
+    from conftest import TINY_BACKBONE
+
+    code, err = run_command(
+        ["train", "--config", "demo.yaml", f"model.backbone={TINY_BACKBONE}", "model.stem_stage=9", f"output_dir={tmp_path}"], capsys
+    )
+    assert code == 2 and "Traceback" not in err and re.search(r"'model.stem_stage': 9; backbone 'test_resnet' has \d feature stages", err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bare_config_names_resolve_from_any_folder(monkeypatch, tmp_path):
+    """The design's usage line `python train.py --config knee.yaml`, from the repository and from elsewhere."""
+    for cwd in (ROOT, tmp_path):
+        monkeypatch.chdir(cwd)
+        for name in ("knee.yaml", "configs/knee.yaml", "demo.yaml"):
+            assert load_config(name, ["model.pretrained=false"]).run_name.startswith(Path(name).stem + "-")
+    with pytest.raises(ConfigError, match="config file not found: kneee.yaml"):
+        load_config("kneee.yaml")
+
+
+def test_usage_line_from_another_folder_fails_in_one_line_without_warnings_or_run_folder(tmp_path):
+    """`python train.py --config knee.yaml` outside the repository on data that cannot train: the loaders are built (MONAI
+    and pydicom print their nvImageCodec notes then), the loss refuses a task without positives, one `error:` line, no
+    traceback, no warning, and no empty `runs/knee-<timestamp>/` left behind."""
+    from transmed.data import generate_mrnet
+
+    root = generate_mrnet(tmp_path / "knee", num_train=4, num_valid=2, image_size=32, min_slices=3, max_slices=4, seed=0)
+    (root / "train-acl.csv").write_text("".join(f"{i:04d},0\n" for i in range(4)))
+    overrides = [f"data.root={root}", "data.val_fraction=null", "model.pretrained=false", "model.backbone=test_resnet",
+                 "data.image_size=32", "data.num_workers=0", "data.cache_dir=null", f"output_dir={tmp_path / 'runs'}", "wandb.mode=disabled"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", "knee.yaml", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and errors == [errors[0]] and "task 'acl' has 0 positive and 4 negative" in errors[0], result.stderr
+    for noise in ("Traceback", "Warning", "nvImageCodec", "NvImgCodec"):
+        assert noise not in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()

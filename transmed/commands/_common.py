@@ -8,6 +8,7 @@ line, `error: ...`, and exits with the error's code (2 for config and usage erro
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from typing import Callable, NoReturn, Optional
@@ -21,11 +22,18 @@ KNOWN_HARMLESS = (
     (r".*cuCIM.*", UserWarning),
     (r".*torch\.cuda\.amp.*", FutureWarning),
 )
+# Loggers that say the same through `logging` (MONAI: "nvImageCodec is not available; skipping pydicom
+# decoder plugin registration.", once per image loader built): only their errors are shown.
+KNOWN_HARMLESS_LOGGERS = ("monai.data.nvimgcodec_pydicom_plugin",)
+
 
 def quiet_known_warnings() -> None:
+    """Silences the known-harmless library warnings (run by `run_main`, before any loader is built)."""
     for message, category in KNOWN_HARMLESS:
         warnings.filterwarnings("ignore", message=message, category=category)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in KNOWN_HARMLESS_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

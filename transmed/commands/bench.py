@@ -36,7 +36,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--sections", type=_names, default=None, help=f"comma-separated, only these: {','.join(SECTIONS)}")
     parser.add_argument(
-        "--models", type=_names, default=None, help="comma-separated models for the throughput table (default: TransMed tiny, small and the baselines)"
+        "--models",
+        type=_names,
+        default=None,
+        help="comma-separated models for the throughput table (default: TransMed tiny, small and the baselines)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice, one per core)")
     parser.add_argument("--rss-sizes", type=_sizes, default=None, help="study counts of the RSS scale (default 100,300,1130)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from ..core.errors import UsageError
 from ..evaluation.evaluate import evaluate_checkpoint
 from ._common import add_overrides, parser_for
 
@@ -21,5 +22,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)
+    if args.bootstrap < 1:
+        raise UsageError(f"--bootstrap {args.bootstrap}: the 95% intervals need at least 1 resample (default 1000)")
     out = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.bootstrap)
     print(f"evaluation written to {out}")

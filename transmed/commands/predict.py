@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..core.errors import UsageError
 from ..core.io import write_json
 from ..evaluation.prediction import predict_study
 from ._common import parser_for
@@ -37,6 +38,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("--threshold", type=float, default=0.5, help="multilabel decision threshold (default 0.5)")
     parser.add_argument("--json-out", default=None, help="also write the JSON to this file")
     args = parser.parse_intermixed_args(argv)
+    if not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold {args.threshold:g} is not a probability; give a value in [0, 1]")
     inputs, overrides = split_overrides(args.items)
     result = predict_study(args.checkpoint, inputs, overrides, args.id, args.threshold)
     if args.json_out:

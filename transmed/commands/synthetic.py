@@ -6,8 +6,10 @@ parotid-like T1/T2 studies in the `nifti` layout.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
+from ..core.errors import ResultExistsError
 from ..data.synthesis import generate_mrnet, generate_nifti
 from ._common import parser_for
 
@@ -24,6 +26,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("--with-split", action="store_true", help="nifti: write a split column")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    root = Path(args.root)
+    if root.is_file() or root.is_dir() and any(root.iterdir()):
+        raise ResultExistsError(f"{root} already exists and is not an empty folder; give a new folder for the synthetic dataset")
     if args.format == "nifti":
         generate_nifti(args.root, args.num_train, args.with_split, args.seed)
     else:

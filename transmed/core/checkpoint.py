@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,23 +40,44 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **content}, f))
 
 
+def _unpickler_detail(err: BaseException) -> str:
+    """The line of a torch.load failure that says what went wrong (torch prepends long advice)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    return line.split(". ")[0].rstrip(".")[:160]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Loads with `weights_only=True`; a file that would execute code on load is refused."""
+    """Loads with `weights_only=True`; a file that would execute code on load is refused (`UnsafeCheckpointError`),
+    a missing, empty, corrupt or foreign file is a `CheckpointError`."""
     path = Path(path)
+    if path.is_dir():
+        inside = next((c for c in (path / "checkpoints" / "best.pt", path / "best.pt") if c.is_file()), None)
+        hint = f"; did you mean {inside}?" if inside else "; give the .pt file (a run's checkpoints/best.pt)"
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted save or copy? Use another checkpoint")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it is not a plain-data checkpoint (unpickling it would run code "
-            f"or construct arbitrary objects). Only load checkpoints written by TransMed or from sources "
-            f"you trust. Detail: {str(err).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a torch file): {err}") from None
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types for a truncated or foreign file
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if code:  # a well-formed pickle that names code to run: the one failure that is about safety
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: unpickling it would call {code.group(1)}, which a plain-data TransMed checkpoint "
+                f"never needs. Only load checkpoints written by TransMed or from sources you trust"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): {_unpickler_detail(err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a TransMed checkpoint (no '{FORMAT}' marker)")
+        bare = isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())
+        what = "a bare state_dict (weights only)" if bare else f"a {type(ckpt).__name__} without the '{FORMAT}' marker"
+        raise CheckpointError(
+            f"{path} is not a TransMed checkpoint: it holds {what}; give a checkpoint written by `transmed train` "
+            f"(runs/<run>/checkpoints/best.pt)"
+        )
     return ckpt
 
 

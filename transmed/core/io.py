@@ -9,12 +9,19 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import RunDirError
+
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise RunDirError(f"cannot write {path}: it is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, mode) as f:
             write(f)

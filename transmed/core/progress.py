@@ -96,9 +96,7 @@ class Progress(tqdm):
         super().close()
 
 
-def progress(
-    iterable: Optional[Iterable] = None, *, desc: str, total: Optional[int] = None, unit: str = "it", leave: bool = False
-) -> tqdm:
+def progress(iterable: Optional[Iterable] = None, *, desc: str, total: Optional[int] = None, unit: str = "it", leave: bool = False) -> tqdm:
     """A progress bar for one long step: a bar on a terminal, one summary line otherwise, nothing on ranks other than 0."""
     main = is_main_rank()
     return Progress(

@@ -91,7 +91,7 @@ def _warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def _apply_batched(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
     """Whole-batch tensor ops, no host synchronisation: for GPUs."""
-    b, m, s, h, w = x.shape
+    b, h, w = x.shape[0], *x.shape[-2:]
     view = (b, 1, 1, 1, 1)
     out = torch.where(params["flip"].view(view), x.flip(-1), x)
     warped = _warp(out.flatten(1, 2), sampling_grid(params["angle"], params["scale"], params["shift"], (h, w))).view_as(out)

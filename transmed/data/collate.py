@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from ..core.errors import StudyError
+
 UINT8_SCALE = 255.0  # a uint8 cache holds round(255 * intensity), intensity in [0, 1]
 STORED_DTYPES = (torch.uint8, torch.float16, torch.float32)  # what batches carry; other types become float32
 
@@ -57,7 +59,11 @@ def pad_collate(batch: Sequence[dict], modalities: Sequence[str]) -> dict:
             if stack is None:
                 continue
             if stack.shape[-2:] != (h, w):
-                raise ValueError(f"study {batch[b]['id']}: {modalities[m]} slices are {tuple(stack.shape[-2:])}, others {(h, w)}")
+                raise StudyError(
+                    str(batch[b]["id"]),
+                    f"{modalities[m]} slices are {tuple(stack.shape[-2:])}, the batch's others {(h, w)}; the stacks of a batch "
+                    "must share one slice size (the preprocessing resizes them to data.image_size)",
+                )
             stack = torch.as_tensor(stack)
             x[b, m, : stack.shape[0]] = stack if stack.dtype == dtype else stack.float() if stack.dtype != torch.uint8 else to_float(stack)
             mask[b, m, : stack.shape[0]] = True

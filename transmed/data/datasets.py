@@ -255,6 +255,13 @@ def build_dataset(
         if len(good) < len(items):
             ds = make(good)
     ds.skipped = [*getattr(manifest, "skipped", []), *on_error.skipped]
+    if len(ds) == 0:
+        first = ds.skipped[0] if ds.skipped else None
+        left = f"; data.on_error=skip left out {len(ds.skipped)} (first: study {first['id']}: {first['reason']})" if first else ""
+        raise DataError(
+            f"the {split} split of {cfg.data.root} has no usable studies{left}; check data.root, the label files and the split "
+            f"settings (labels.csv's split/fold column, data.val_fraction, data.fold)"
+        )
     return ds
 
 

@@ -27,7 +27,14 @@ def _read_labels(path: Path, on_error: OnError) -> tuple[dict[str, int], set[str
                 continue
             if len(row) != 2:
                 raise DataError(f"{path}, line {line_no}: expected 'NNNN,label', got {row}")
-            sid, value = row[0].strip().zfill(4), row[1].strip()
+            raw, value = row[0].strip(), row[1].strip()
+            if not raw.isdigit():
+                if line_no == 1 and value not in ("0", "1"):
+                    continue  # a header row (`id,label`): MRNet's files have none, a spreadsheet export may
+                on_error(StudyError(raw, f"exam id {raw!r} in {path.name} line {line_no} is not a number (MRNet exams are 0000, 0001, ...)", str(path)))
+                bad.add(raw)
+                continue
+            sid = raw.zfill(4)
             if sid in labels or sid in bad:
                 on_error(StudyError(sid, f"duplicate exam id: appears twice in {path.name} (again on line {line_no})", str(path)))
                 bad.add(sid)
@@ -50,7 +57,8 @@ def read_mrnet_manifest(
     on_error = on_error or OnError()
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"MRNet root not found: {root} (set data.root to the folder holding train/ and valid/)")
+        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
+        raise DataError(f"MRNet root not found: {root}{where}; set data.root to the folder holding train/ and valid/")
     read = {task: _read_labels(root / f"{split}-{task}.csv", on_error) for task in tasks}
     labels = {task: labels for task, (labels, _) in read.items()}
     bad = set().union(*(bad for _, bad in read.values()))
@@ -64,6 +72,12 @@ def read_mrnet_manifest(
     if other:
         other_ids, _ = _read_labels(root / f"{other[0]}-{tasks[0]}.csv", OnError("skip"))  # its own problems surface when it is read
         bad |= check_disjoint({split: listed, other[0]: other_ids}, on_error, str(root))
+    absent = [plane for plane in planes if not (root / split / plane).is_dir()]
+    if absent:
+        present = sorted(p.name for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir() else []
+        raise DataError(
+            f"no folder {root / split / absent[0]} for the plane '{absent[0]}' of data.modalities; {root / split} holds {present or 'no folders'}"
+        )
     manifest = []
     for sid in sorted(listed - bad):
         paths = {plane: root / split / plane / f"{sid}.npy" for plane in planes}

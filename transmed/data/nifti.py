@@ -12,12 +12,13 @@ Preprocessing puts every sequence of a study on one grid (the first modality's, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from monai.transforms import (
     Compose,
+    MapTransform,
     EnsureChannelFirstd,
     Flipd,
     Orientationd,
@@ -44,13 +45,14 @@ def read_labels(root: str | Path, label_column: str) -> pd.DataFrame:
     root = Path(root)
     path = root / LABELS_FILE
     if not root.is_dir():
-        raise DataError(f"data root not found: {root} (set data.root to the folder holding {LABELS_FILE} and one folder per patient)")
+        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
+        raise DataError(f"data root not found: {root}{where}; set data.root to the folder holding {LABELS_FILE} and one folder per patient")
     if not path.is_file():
         raise DataError(f"label file not found: {path}")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except Exception as err:  # noqa: BLE001 - pandas raises several types for a bad CSV
-        raise DataError(f"cannot read {path}: {err}") from None
+        raise DataError(f"cannot read {path}: {err}; it needs a header row (patient_id,label[,split]) and one row per patient") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in ("patient_id", label_column) if c not in frame.columns]
     if missing:
@@ -197,6 +199,65 @@ def read_nifti_manifest(
     return manifest
 
 
+def _axes_problem(matrix: np.ndarray, what: str) -> Optional[str]:
+    """Why the 3x3 part of an affine defines no grid (None: it does)."""
+    if not np.isfinite(matrix).all():
+        return f"the {what} holds NaN or Inf values"
+    sizes = np.linalg.norm(matrix[:3, :3], axis=0)
+    if (sizes == 0).any():
+        return f"the {what} gives voxel size 0 along axis {int(np.argmax(sizes == 0))} (voxel sizes {np.round(sizes, 4).tolist()})"
+    if abs(np.linalg.det(matrix[:3, :3])) < 1e-6 * np.prod(sizes):
+        return f"the {what} is singular: its three axes do not span 3D space"
+    return None
+
+
+def geometry_problem(path: Path, affine: np.ndarray) -> Optional[str]:
+    """Why a read image has no usable grid: a NIfTI header's raw voxel sizes, sform and qform (the
+    readers silently substitute a grid for broken ones), then the affine it was read with (None: fine)."""
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(path) as f:
+            size = f.read(4)
+        nifti2 = 540 in (int.from_bytes(size, "little"), int.from_bytes(size, "big"))  # sizeof_hdr: 348 for NIfTI-1
+        with ImageOpener(path) as f:  # check=False: the header as written, before nibabel's repairs
+            header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(f, check=False)
+        ndim = int(header["dim"][0])
+        pixdim = np.asarray(header["pixdim"][1 : 1 + min(max(ndim, 1), 3)], dtype=np.float64)
+        if not np.isfinite(pixdim).all() or (pixdim == 0).any():
+            return f"the header's voxel sizes (pixdim) are {pixdim.tolist()}; a voxel size must be a positive number of mm"
+        if header["sform_code"] > 0:
+            found = _axes_problem(np.asarray(header.get_sform(), dtype=np.float64), "header's sform affine")
+            if found:
+                return found
+        if header["qform_code"] > 0:
+            quaternion = [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z")]
+            if not np.isfinite(quaternion).all():
+                return "the header's qform (quatern_*/qoffset_*) holds NaN or Inf values"
+    return _axes_problem(np.asarray(affine, dtype=np.float64), "image affine")
+
+
+class CheckGeometryd(MapTransform):
+    """Refuses a modality whose file defines no usable voxel grid (non-finite or singular affine, zero voxel size)."""
+
+    def __init__(self, keys: Sequence[str], id_key: str = "id") -> None:
+        super().__init__(keys)
+        self.id_key = id_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d.get("files", {}).get(key)
+            affine = getattr(d[key], "affine", None)
+            found = geometry_problem(Path(path), np.eye(4) if affine is None else affine.numpy()) if path else None
+            if found:
+                raise StudyError(
+                    str(d[self.id_key]), f"{key} has no usable voxel grid: {found}; fix the file's header or export the series again", path
+                )
+        return d
+
+
 def nifti_preprocess(
     modalities: Sequence[str],
     image_size: int,
@@ -220,6 +281,7 @@ def nifti_preprocess(
     rows, cols = sorted({1, 2, 3} - {slice_dim}, reverse=True)
     stages = [
         LoadStudyd(keys),
+        CheckGeometryd(keys),
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),  # readers give RAS affines
         CheckStudyd(keys, min_slices=min_slices, slice_dim=slice_dim),

@@ -11,6 +11,7 @@ stack and the modalities of a study stay aligned; `data/augment.py` does the sam
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Hashable, Mapping, Optional, Sequence
 
@@ -99,6 +100,10 @@ def mixed_series_problem(folder: Path) -> Optional[str]:
 
 def numpy_problem(path: Path) -> Optional[str]:
     """numpy's own words on why a .npy file does not load (MONAI's reader reports a pickle setting instead)."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # numpy would call any such file "pickled (object) data"
+        return f"no .npy header (the file starts with {magic!r}, {path.stat().st_size} bytes): not a NumPy array file"
     try:
         np.load(path, allow_pickle=False, mmap_mode="r")
     except Exception as err:  # noqa: BLE001 - any numpy failure is the reason
@@ -164,15 +169,35 @@ class CheckStudyd(MapTransform):
                 raise StudyError(sid, f"{key} holds {arr.shape[0]} volumes (a 4D series){when}; expected one 3D volume", path)
             if arr.dim() != 4:
                 raise StudyError(sid, f"{key} is not a 3D stack (spatial shape {tuple(arr.shape[1:])}){when}", path)
+            if arr.shape[self.slice_dim] < self.min_slices:  # before the voxel checks: an empty stack has no max
+                raise StudyError(
+                    sid, f"{key} has {arr.shape[self.slice_dim]} slices{when}, fewer than the {self.min_slices} a slice group needs", path
+                )
+            if arr.numel() == 0:
+                raise StudyError(sid, f"{key} holds no voxels (spatial shape {tuple(arr.shape[1:])}){when}", path)
             if not torch.isfinite(arr).all():
                 raise StudyError(sid, f"{key} holds {int((~torch.isfinite(arr)).sum())} NaN or Inf voxels{when}", path)
             if arr.amax() == arr.amin():
                 raise StudyError(sid, f"{key} is a constant volume (every voxel {float(arr.amax()):g}){when}", path)
-            if arr.shape[self.slice_dim] < self.min_slices:
-                raise StudyError(
-                    sid, f"{key} has {arr.shape[self.slice_dim]} slices{when}, fewer than the {self.min_slices} a slice group needs", path
-                )
         return d
+
+
+class WarnNotSquared(MapTransform):
+    """Warns, naming study and file, when a stack's slices are not square: resizing to a square stretches them."""
+
+    def __init__(self, keys: Sequence[str], image_size: int, id_key: str = "id") -> None:
+        super().__init__(keys)
+        self.image_size, self.id_key = image_size, id_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        for key in self.key_iterator(data):
+            h, w = data[key].shape[-2:]
+            if h != w:
+                warnings.warn(
+                    f"study {data[self.id_key]} (file {data.get('files', {}).get(key)}): {key} slices are {h}x{w}, not square; "
+                    f"they are stretched to {self.image_size}x{self.image_size}"
+                )
+        return dict(data)
 
 
 class PadToSquared(MapTransform):
@@ -204,6 +229,7 @@ def mrnet_preprocess(modalities: Sequence[str], image_size: int, num_slices: Opt
             LoadStudyd(keys),
             EnsureChannelFirstd(keys, channel_dim="no_channel"),
             CheckStudyd(keys, min_slices=min_slices),
+            WarnNotSquared(keys, image_size),
             ScaleIntensityd(keys, minv=0.0, maxv=1.0),
             Resized(keys, spatial_size=(num_slices or -1, image_size, image_size), mode="trilinear", anti_aliasing=True),
             finalize(keys),

@@ -1,12 +1,12 @@
 """Deploying a trained checkpoint: `transmed export --checkpoint best.pt --format F --out PATH`.
 
-| format         | writes                                                             | checked by                                  |
-|----------------|--------------------------------------------------------------------|---------------------------------------------|
-| `onnx`         | one .onnx file (inputs `x`, `mask`; output `logits`), opset 20     | ONNX Runtime vs PyTorch                     |
-| `torch-export` | a .pt2 `torch.export` program                                      | reloaded (`torch.export.load`) vs PyTorch   |
-| `safetensors`  | the weights, the config as metadata                                | reloaded into a fresh model vs PyTorch      |
-| `monai-bundle` | configs/metadata.json, configs/inference.json, models/model.pt, docs/README.md | MONAI's verify_metadata and verify_net_in_out; the bundle's network vs PyTorch |
-| `hub`          | config.json, model.safetensors, README.md (the model card)         | `transmed.load_model(folder)` vs PyTorch    |
+| format         | writes                                                  | checked by                                       |
+|----------------|---------------------------------------------------------|--------------------------------------------------|
+| `onnx`         | one .onnx file (inputs `x`, `mask`; output `logits`)    | ONNX Runtime vs PyTorch                          |
+| `torch-export` | a .pt2 `torch.export` program                           | reloaded (`torch.export.load`) vs PyTorch        |
+| `safetensors`  | the weights, the config as metadata                     | reloaded into a fresh model vs PyTorch           |
+| `monai-bundle` | configs/{metadata,inference}.json, models/model.pt, docs/README.md | MONAI's verify_metadata, verify_net_in_out |
+| `hub`          | config.json, model.safetensors, README.md (model card)  | `transmed.load_model(folder)` vs PyTorch         |
 
 The graph formats are dynamic in batch and slices (see `graph.py`). Every check runs on three
 slice counts and two batch sizes, with padding and a missing modality, and fails the export (the
@@ -58,8 +58,8 @@ def export_checkpoint(
     device: str = "cpu",
 ) -> ExportReport:
     """Exports `checkpoint` as `fmt` to `out` (a file, or a folder for monai-bundle and hub) and checks it."""
-    from .monai_bundle import is_bundle
     from ..models.hub import is_hub_folder
+    from .monai_bundle import is_bundle
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -97,7 +97,8 @@ def _graph(fmt: str, model, cfg, tmp: Path, inputs, report: ExportReport, device
     geo = input_geometry(cfg)
     example = example_inputs(len(geo["modalities"]), geo["image_size"], geo["min_slices"], device)
     program = export_program(model, example, geo["min_slices"])
-    axes = f"dynamic axes: batch >= 1, slices >= {geo['min_slices']}; {len(geo['modalities'])} modalities, {geo['image_size']}x{geo['image_size']} pixels"
+    size = geo["image_size"]
+    axes = f"dynamic axes: batch >= 1, slices >= {geo['min_slices']}; {len(geo['modalities'])} modalities, {size}x{size} pixels"
     if fmt == "onnx":
         opset = save_onnx(program, example, tmp, geo["min_slices"])
         report.notes.append(f"ONNX opset {opset}; inputs x (float32), mask (bool); output logits; {axes}")
@@ -140,7 +141,9 @@ def _hub(model, cfg, spec, ckpt: dict, card_text: str, tmp: Path, inputs, report
         report.parity = check_parity(model.cpu(), lambda x, mask: loaded(x, mask), inputs)
 
 
-def _bundle(model, cfg, spec, ckpt: dict, card_text: str, metrics: Optional[dict], tmp: Path, inputs, report: ExportReport, device: str) -> None:
+def _bundle(
+    model, cfg, spec, ckpt: dict, card_text: str, metrics: Optional[dict], tmp: Path, inputs, report: ExportReport, device: str
+) -> None:
     from .monai_bundle import load_bundle_network, verify_bundle, write_bundle
 
     write_bundle(tmp, cfg, spec, model.state_dict(), card_text, ckpt.get("epoch"), _eval_metrics(metrics))

@@ -50,6 +50,11 @@ def write_hub_folder(folder: Path, cfg: DictConfig, spec: LabelSpec, state: dict
     folder.mkdir(parents=True, exist_ok=True)
     config = hub_config(cfg, spec, epoch)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    metadata = {"format": FORMAT, "config": json.dumps(config["config"]), "label_spec": json.dumps(config["label_spec"]), "epoch": str(epoch)}
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(config["config"]),
+        "label_spec": json.dumps(config["label_spec"]),
+        "epoch": str(epoch),
+    }
     save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_FILE), metadata=metadata)
     (folder / CARD_FILE).write_text(card)

@@ -3,19 +3,21 @@
 `configs/inference.json` builds the network with `network_def` (`bundle_network` below: the
 registered TransMed model with the checkpoint's constructor arguments, no download) and its
 `initialize` step loads `models/model.pt`, a plain state dict (`torch.load(weights_only=True)`).
-MONAI's tools read it as any bundle: `monai.bundle.ConfigWorkflow`, `verify_net_in_out`, MONAI Deploy.
+MONAI's tools read it as any bundle (`monai.bundle.ConfigParser`, `monai.bundle.run`, `verify_net_in_out`);
+it holds the network and weights, not a MONAI data pipeline, so it is no full `workflow_type="inference"` bundle.
 The network takes `image` (B, M, S, H, W) float32 in [0, 1] (M modalities as channels, S slices,
 any S) and an optional `mask` (B, M, S) bool of real slices; it returns logits (B, K). The data
 pipeline (reading, resampling, intensity scaling) is TransMed's, described in metadata.json.
 
 Offline verification: `verify_metadata` downloads the JSON schema named in metadata.json's
-`schema` field unless a file is already at `filepath`. A copy of that schema
-(`meta_schema_20240725.json`, verbatim from MONAI-extra-test-data release 0.8.1, also served at
-https://project-monai.github.io/schema/) ships next to this module; `verify_bundle` passes it,
-so no network is needed. From the shell:
+`schema` field unless a file is already at `filepath` (with a matching hash, when one is given).
+A copy of that schema (`meta_schema_20240725.json`: the MONAI-extra-test-data 0.8.1 release file,
+as kept in Project-MONAI/project-monai.github.io under public/schema/) ships next to this module;
+`verify_bundle` passes it with its md5, so no network is needed. From the shell:
 
     python -m monai.bundle verify_metadata --meta_file BUNDLE/configs/metadata.json \\
-        --filepath "$(python -c 'import transmed.deploy.monai_bundle as b; print(b.SCHEMA_FILE)')"
+        --filepath "$(python -c 'import transmed.deploy.monai_bundle as b; print(b.SCHEMA_FILE)')" \\
+        --hash_val 76e1add273836515d0bbb3bc71962474
     python -m monai.bundle verify_net_in_out network_def --meta_file BUNDLE/configs/metadata.json \\
         --config_file BUNDLE/configs/inference.json
 """
@@ -45,6 +47,7 @@ from .common import ExportError, input_geometry
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA_FILE = Path(__file__).with_name("meta_schema_20240725.json")
+SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"  # of the vendored copy: verify_metadata checks it
 TRANSMED_PAPER = "Dai, Gao & Liu, 'TransMed: Transformers Advance Multi-modal Medical Image Classification', Diagnostics 11(8), 2021"
 
 
@@ -184,7 +187,7 @@ def verify_bundle(folder: Path, device: str = "cpu") -> None:
         schema = Path(tmp) / SCHEMA_FILE.name
         shutil.copyfile(SCHEMA_FILE, schema)  # already there: verify_metadata skips the download
         try:
-            verify_metadata(meta_file=str(meta), filepath=str(schema))
+            verify_metadata(meta_file=str(meta), filepath=str(schema), hash_val=SCHEMA_MD5, hash_type="md5")
             verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device=device)
         except (ValueError, KeyError, RuntimeError) as err:
             if isinstance(err, TransMedError):

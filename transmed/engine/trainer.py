@@ -42,8 +42,7 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     """`{output_dir}/{run_name}`: refuses to reuse a started run unless resuming or `overwrite=true`;
     fails before training if the folder cannot be written or the disk is nearly full."""
     run_dir = Path(cfg.output_dir) / cfg.run_name
-    started = any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl")) or any(run_dir.glob("checkpoints/*.pt"))
-    if started and not cfg.train.resume:
+    if holds_run(run_dir) and not cfg.train.resume:
         if not cfg.overwrite:
             raise RunExistsError(
                 f"run directory {run_dir} already holds a run; resume it with train.resume=auto, "
@@ -61,6 +60,22 @@ def prepare_run_dir(cfg: DictConfig) -> Path:
     if free < MIN_FREE_BYTES:
         raise RunDirError(f"only {free / 2**20:.0f} MiB free on the disk holding {run_dir}; checkpoints need more")
     return run_dir
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run has started writing into `run_dir` (its config, metrics or a checkpoint)."""
+    return any((run_dir / name).exists() for name in ("config.yaml", "metrics.jsonl")) or any(run_dir.glob("checkpoints/*.pt"))
+
+
+def remove_unstarted(run_dir: Path, created: Path) -> None:
+    """After a failed start: removes `run_dir` (and its new, now empty parents up to `created`) unless a run began there."""
+    if holds_run(run_dir):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    folder = run_dir.parent
+    while folder != created.parent and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
 
 
 def build_optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -171,8 +186,14 @@ def train(cfg: DictConfig) -> Path:
     writes files and talks to W&B.
     """
     dist_info = init_distributed(cfg.train.device)
+    run_dir = Path(cfg.output_dir) / cfg.run_name
+    created = next((p for p in reversed([run_dir, *run_dir.parents]) if not p.exists()), None)  # the first folder this run makes
     try:
         return _train(cfg, dist_info)
+    except BaseException:
+        if created is not None and dist_info.is_main:
+            remove_unstarted(run_dir, created)  # a failed start leaves no empty run folder behind
+        raise
     finally:
         cleanup(dist_info)
 

@@ -211,7 +211,7 @@ def image_folder_batches(folder: str | Path, cfg: DictConfig, batch_size: int) -
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--source folder not found: {folder}")
+        raise DataError(f"--source folder not found: {folder}; give 'train' or a folder of .npy/.png images")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")

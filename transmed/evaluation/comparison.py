@@ -10,6 +10,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..core.errors import DataError
 from .metrics import delong_test, holm_adjust
 
 
@@ -34,7 +35,7 @@ def evaluation_folders(path: str | Path) -> list[Path]:
         return [path]
     found = sorted(p.parent for p in path.glob("eval-*/metrics.json"))
     if not found:
-        raise FileNotFoundError(f"{path} holds no evaluation (no metrics.json, no eval-*/ folder); run evaluate.py on its checkpoint first")
+        raise DataError(f"{path} holds no evaluation (no metrics.json, no eval-*/ folder); run evaluate.py on its checkpoint first")
     return found
 
 
@@ -42,7 +43,7 @@ def load_evaluation(folder: str | Path) -> Evaluation:
     folder = Path(folder)
     for name in ("metrics.json", "predictions.csv"):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found; is {folder} an evaluate.py output folder?")
+            raise DataError(f"{folder / name} not found; is {folder} an evaluate.py output folder?")
     metrics = json.loads((folder / "metrics.json").read_text())
     predictions = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
     return Evaluation(f"{folder.resolve().parent.name}/{folder.name}", folder, metrics, predictions)

@@ -50,10 +50,13 @@ def split_statistics(cfg: DictConfig, spec: LabelSpec, evaluated: Optional[tuple
     from ..data.datasets import read_manifest
     from ..data.inspection import splits_of
 
-    try:
-        names = splits_of(cfg)
-    except (TransMedError, OSError):
-        names = []
+    if cfg.data.format == "synthetic" and not Path(str(cfg.data.root)).is_dir():
+        names = []  # reading its manifest would generate the dataset
+    else:
+        try:
+            names = splits_of(cfg)
+        except (TransMedError, OSError):
+            names = []
     if evaluated is not None and evaluated[0] not in names:
         names.append(evaluated[0])
     out = {}
@@ -146,7 +149,11 @@ def _model_index_result(cfg: DictConfig, spec: LabelSpec, metrics: dict) -> dict
             entries.append({"type": metric, "name": f"{section} {METRIC_NAMES.get(metric, metric)}", "value": float(value)})
     return {
         "task": {"type": "image-classification", "name": f"{spec.kind} classification"},
-        "dataset": {"name": f"{cfg.data.format} ({Path(str(cfg.data.root)).name})", "type": str(cfg.data.format), "split": metrics.get("split", "")},
+        "dataset": {
+            "name": f"{cfg.data.format} ({Path(str(cfg.data.root)).name})",
+            "type": str(cfg.data.format),
+            "split": metrics.get("split", ""),
+        },
         "metrics": entries,
     }
 
@@ -168,14 +175,15 @@ def _details(cfg: DictConfig, spec: LabelSpec, model: Optional[nn.Module], check
     m = cfg.model
     rows = [
         {"": "architecture", "value": f"{m.name} (variant {m.variant}, depth {m.depth if m.depth is not None else 'of the variant'})"},
-        {"": "backbone (CNN stem)", "value": f"{m.backbone}, feature stage {m.stem_stage}, {m.grid_size}x{m.grid_size} tokens per slice group"},
+        {
+            "": "backbone (CNN stem)",
+            "value": f"{m.backbone}, feature stage {m.stem_stage}, {m.grid_size}x{m.grid_size} tokens per slice group",
+        },
         {"": "slice grouping", "value": f"{m.slice_mode}, window {m.slice_window}, stride {m.slice_stride}"},
         {"": "weights origin", "value": _weights_origin(cfg)},
     ]
     if model is not None:
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append({"": "parameters", "value": f"{total:,} ({trainable:,} trainable)"})
+        rows.append({"": "parameters", "value": f"{sum(p.numel() for p in model.parameters()):,}"})
     if checkpoint is not None:
         rows.append({"": "checkpoint", "value": f"{checkpoint}" + (f" (epoch {epoch})" if epoch is not None else "")})
     rows.append({"": "outputs", "value": f"{spec.num_outputs} logits: {', '.join(spec.names)}"})
@@ -187,7 +195,11 @@ def _io(cfg: DictConfig, spec: LabelSpec) -> str:
 
     low = min_slices_for(cfg.model.slice_mode, cfg.model.slice_window)
     prob = "sigmoid per task (independent tasks)" if spec.kind == "multilabel" else "softmax over the classes"
-    slices = f"resampled to {cfg.data.num_slices} slices" if cfg.data.num_slices else f"any number of slices (at least {low}; shorter stacks are padded)"
+    slices = (
+        f"resampled to {cfg.data.num_slices} slices"
+        if cfg.data.num_slices
+        else f"any number of slices (at least {low}; shorter stacks are padded)"
+    )
     return (
         "## Inputs and outputs\n\n"
         f"- `x`: (batch, modality, slice, height, width) float32 in [0, 1]; modalities in the order "
@@ -207,13 +219,17 @@ def _pct(value: float) -> str:
 def _data(cfg: DictConfig, spec: LabelSpec, splits: Optional[dict[str, dict]]) -> str:
     text = f"## Data and splits\n\n{cfg.data.format} data at `{cfg.data.root}`."
     if cfg.data.format == "nifti":
-        text += f" Validation fold {cfg.data.fold} of {cfg.data.num_folds} (split seed {cfg.data.split_seed}) unless the labels name the splits."
+        d = cfg.data
+        text += f" Validation fold {d.fold} of {d.num_folds} (split seed {d.split_seed}) unless the labels name the splits."
     elif cfg.data.val_fraction is not None:
         text += f" Validation: a stratified {cfg.data.val_fraction:g} of MRNet's train (seed {cfg.data.split_seed}); test: MRNet's valid."
     if not splits:
         return text + " Split statistics were not available."
     label = "positive" if spec.kind == "multilabel" else "class share"
-    rows = [{"split": split, "studies": s["studies"], **{f"{n} ({label})": _pct(s["prevalence"].get(n)) for n in spec.names}} for split, s in splits.items()]
+    rows = [
+        {"split": split, "studies": s["studies"], **{f"{n} ({label})": _pct(s["prevalence"].get(n)) for n in spec.names}}
+        for split, s in splits.items()
+    ]
     return text + "\n\n" + markdown_table(rows)
 
 
@@ -315,7 +331,7 @@ def _how_to_use() -> str:
         "## How to use\n\n"
         "```python\n"
         "import torch, transmed\n"
-        "model = transmed.load_model(\"path/to/checkpoint.pt or hub folder\")  # eval mode, CPU\n"
+        'model = transmed.load_model("path/to/checkpoint.pt or hub folder")  # eval mode, CPU\n'
         "logits = model(x, mask)  # x (B, M, S, H, W) in [0, 1], mask (B, M, S) bool\n"
         "```\n\n"
         "Or from the command line: `transmed predict --checkpoint best.pt FILE_PER_MODALITY...`."

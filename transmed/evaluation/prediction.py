@@ -40,7 +40,7 @@ def study_item(cfg: DictConfig, inputs: Sequence[str | Path], study_id: Optional
         )
     for modality, path in zip(modalities, inputs):
         if not Path(path).exists():
-            raise FileNotFoundError(f"{modality} input not found: {path}")
+            raise DataError(f"{modality} input not found: {path}; give one file or DICOM folder per modality, in the order {modalities}")
     first = Path(inputs[0]).absolute()
     stem = first.name.split(".")[0]
     sid = study_id or (first.parent.name if stem.lower() in {m.lower() for m in modalities} else stem)
@@ -74,6 +74,13 @@ def predict_study(
     """
     model, cfg, spec, _ = load_trained(checkpoint, overrides)
     item = study_item(cfg, inputs, study_id)
+    if cfg.data.format in ("mrnet", "synthetic"):  # the MRNet pipeline neither reorients nor resamples: only its own stacks fit
+        for modality in cfg.data.modalities:
+            if not item[modality].lower().endswith(".npy"):
+                raise DataError(
+                    f"{modality} input {item[modality]}: this model was trained on MRNet-layout data (data.format="
+                    f"{cfg.data.format}) and reads .npy slice stacks (s, H, W) only; convert the series to .npy"
+                )
     probabilities = study_probabilities(model, cfg, spec, item)
     result: dict = {"id": item["id"], "probabilities": probabilities, "prediction": prediction_of(probabilities, spec, threshold)}
     if spec.kind == "multilabel":

@@ -25,7 +25,7 @@ import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -166,6 +166,22 @@ def run_result(run_dir: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
     }
 
 
+def attempt(step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`{"status": "ok", **step()}`, or `{"status": "failed: Type: message"}` when it raises (a bug, not
+    the user's input, also prints its traceback): one failed run is reported and the others go on."""
+    try:
+        return {"status": "ok", **step()}
+    except Exception as err:
+        if not isinstance(err, TransMedError):
+            traceback.print_exc()
+        return {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+
+
+def train_and_measure(cfg: DictConfig, n_bootstrap: int = 1000) -> dict[str, Any]:
+    """Trains one run, then `run_result` of it, under `attempt`: `status` first, then its values."""
+    return attempt(lambda: run_result(train(cfg), n_bootstrap))
+
+
 def run_ablation(
     path: str | Path, overrides: Sequence[str] = (), base: Optional[str] = None, group: Optional[str] = None, n_bootstrap: int = 1000
 ) -> tuple[Path, pd.DataFrame]:
@@ -177,12 +193,7 @@ def run_ablation(
     for i, cfg in enumerate(progress(configs, desc=f"ablation {ablation.group}", unit="run"), start=1):
         print(f"[{i}/{len(configs)}] {cfg.run_name}", flush=True)
         row: dict[str, Any] = {"run": Path(cfg.run_name).name, **{key: format_value(OmegaConf.select(cfg, key)) for key in ablation.keys}}
-        try:
-            row.update(status="ok", **run_result(train(cfg), n_bootstrap))
-        except Exception as err:  # one failed run is reported and the others go on
-            if not isinstance(err, TransMedError):  # a bug, not the user's input: keep its traceback
-                traceback.print_exc()
-            row.update(status=f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        row.update(train_and_measure(cfg, n_bootstrap))
         rows.append(row)
     frame = pd.DataFrame(rows)
     write_comparison(frame, ablation, overrides, out_dir)

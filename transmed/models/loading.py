@@ -17,7 +17,7 @@ from torch import nn
 from ..config import load_config
 from ..core.checkpoint import load_checkpoint
 from ..core.device import resolve_device
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, ConfigError
 from ..core.labels import LabelSpec
 from .factory import build_model
 
@@ -63,6 +63,12 @@ def load_trained(
         if key not in ckpt:
             raise CheckpointError(f"{checkpoint} has no '{key}' entry; it is not a complete TransMed training checkpoint")
     cfg = load_config(base=ckpt["config"], overrides=overrides)
+    trained_on = list(ckpt["config"].get("data", {}).get("modalities", cfg.data.modalities))
+    if len(trained_on) != len(cfg.data.modalities):
+        raise ConfigError(
+            f"invalid value for config key 'data.modalities': {list(cfg.data.modalities)}; the model of {checkpoint} was trained on "
+            f"{len(trained_on)} modalities {trained_on} and takes those; to leave some out, use data.drop_modalities=[...]"
+        )
     spec = LabelSpec.from_dict(ckpt["label_spec"])
     model = build_model(cfg, spec.num_outputs, pretrained=False)
     load_state(model, ckpt["model"], checkpoint)

@@ -13,7 +13,7 @@ import timm
 import torch
 from torch import nn
 
-from ..core.errors import WeightsError
+from ..core.errors import ConfigError, WeightsError
 
 Pretrained = Union[bool, str, Path]
 
@@ -78,6 +78,12 @@ def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) 
         kwargs.update(pretrained=True)
     try:
         return timm.create_model(backbone, **kwargs)
+    except IndexError:  # out_indices beyond the backbone's feature stages
+        stages = len(timm.create_model(backbone, features_only=True).feature_info)
+        raise ConfigError(
+            f"invalid value for config key 'model.stem_stage': {stage}; backbone '{backbone}' has {stages} feature stages, "
+            f"use -1 (the last) or 0..{stages - 1}"
+        ) from None
     except RuntimeError as err:
         if "Unknown model" in str(err):
             close = difflib.get_close_matches(backbone, timm.list_models(), n=3)

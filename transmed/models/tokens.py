@@ -35,7 +35,8 @@ def group_slices(
     `gather=True` builds the groups by indexing rather than `unfold` (see `sliding_windows`), for export.
     """
     if mode == "replicate":
-        x, mask = x[:, :, ::stride], mask[:, :, ::stride]
+        x = rearrange(sliding_windows(x, 1, stride, gather), "b m g 1 h w -> b m g h w")  # every stride-th slice
+        mask = rearrange(sliding_windows(mask, 1, stride, gather), "b m g 1 -> b m g")
         return repeat(x, "b m g h w -> b m g c h w", c=3), mask
     if mode != "group":
         raise ValueError(f"unknown slice grouping mode {mode!r}; expected 'group' or 'replicate'")

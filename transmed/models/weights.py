@@ -124,7 +124,7 @@ def backbone_state(backbone: str, num_classes: Optional[int] = None) -> dict[str
 
 
 def _classifier_outputs(backbone: str, source: Mapping[str, torch.Tensor]) -> Optional[int]:
-    """The file's class count where it names the backbone's classifier with another count than the default."""
+    """The class count of the file's classifier, where the file has the backbone's classifier by name."""
     import timm
 
     classifier = timm.models.get_pretrained_cfg_value(backbone, "classifier") or "classifier"

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import json
-import resource
 import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -85,7 +85,9 @@ def generate_studies(root: Path, num_train: int, num_valid: int, shape: LoaderSh
     for part, _, _, _ in parts:
         for split in ("train", "valid"):
             renamed = {}
-            for sid in sorted(r[0] for r in csv.reader(open(part / f"{split}-{TASKS[0]}.csv", newline="")) if r):
+            with open(part / f"{split}-{TASKS[0]}.csv", newline="") as f:
+                ids = sorted(r[0] for r in csv.reader(f) if r)
+            for sid in ids:
                 renamed[sid] = f"{next_id:04d}"
                 next_id += 1
                 for plane in PLANES:
@@ -158,33 +160,42 @@ def cache_stats(cfg, dataset) -> dict:
 
 
 class Epoch:
-    """One pass of a training loader, as the training loop consumes it: batches to the device and, for
-    `data.augment_on=device`, `augment_batch` on them (timed apart, `augment_s`)."""
+    """One pass of a training loader, as the training loop consumes it: each batch to the device (`to_device`: the
+    float conversion of a compact batch happens there) and, under `data.augment_on=device`, `augment_batch` on it.
+    That device work is timed apart (`device_s`, of which `augment_s`): the rest is what a loader worker does."""
 
-    def __init__(self, cfg, dataset, device: torch.device) -> None:
+    def __init__(self, cfg, dataset, device: torch.device, device_work: bool = True) -> None:
         from ...data import build_loader
-
-        self.cfg, self.device = cfg, device
-        self.loader = build_loader(cfg, dataset, train=True, generator=torch.Generator().manual_seed(0))
         from ...data.augment import training_augment
 
+        self.cfg, self.device, self.device_work = cfg, device, device_work
+        self.loader = build_loader(cfg, dataset, train=True, generator=torch.Generator().manual_seed(0))
         self.augment = training_augment(cfg, device, epoch_seed=0)  # None unless data.augment_on=device
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def __call__(self) -> dict:
         from ...data.collate import to_device
 
-        augment_s, studies = 0.0, 0
+        device_s, augment_s, studies = 0.0, 0.0, 0
         start = time.perf_counter()
         for batch in self.loader:
+            if not self.device_work:  # the loader alone
+                studies += len(batch["id"])
+                continue
+            t = time.perf_counter()
             x, mask = to_device(batch, self.device)
+            self._sync()
             if self.augment is not None:
-                t = time.perf_counter()
+                t_augment = time.perf_counter()
                 x = self.augment(x, mask)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                augment_s += time.perf_counter() - t
+                self._sync()
+                augment_s += time.perf_counter() - t_augment
+            device_s += time.perf_counter() - t
             studies += len(x)
-        return {"seconds": time.perf_counter() - start, "augment_s": augment_s, "studies": studies}
+        return {"seconds": time.perf_counter() - start, "device_s": device_s, "augment_s": augment_s, "studies": studies}
 
 
 # ---------------------------------------------------------------- the loader section
@@ -199,7 +210,11 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
     shape, n = plan.loader, plan.loader_studies
     # what a TransMed tiny train step consumes at the model shape of the same name (the full run's `knee`)
     consumed = next(
-        (r["studies_per_s"] for r in throughput if (r["shape"], r["model"], r["mode"], r["precision"]) == (shape.name, "transmed_tiny", "train", "fp32")),
+        (
+            r["studies_per_s"]
+            for r in throughput
+            if (r["shape"], r["model"], r["mode"], r["precision"]) == (shape.name, "transmed_tiny", "train", "fp32")
+        ),
         None,
     )
     with tempfile.TemporaryDirectory(prefix="transmed-bench-loader-", dir=work) as tmp:
@@ -231,19 +246,20 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
         for row in rows:
             results = measured[row["path"]]
             total = spread([r["seconds"] for r in results])
-            loader_only = spread([r["seconds"] - r["augment_s"] for r in results])
+            loader_only = spread([r["seconds"] - r["device_s"] for r in results])
             row.update(
                 epoch_s=total["median"],
                 epoch_s_low=total["low"],
                 epoch_s_high=total["high"],
                 spread=total["spread"],
                 epoch_rounds=[r["seconds"] for r in results],
-                loader_only_rounds=[r["seconds"] - r["augment_s"] for r in results],
+                loader_only_rounds=[r["seconds"] - r["device_s"] for r in results],
                 studies_per_s=row["studies"] / total["median"],
                 studies_per_s_low=row["studies"] / total["high"],
                 studies_per_s_high=row["studies"] / total["low"],
                 loader_only_studies_per_s=row["studies"] / loader_only["median"],
                 augment_ms_per_study=1000 * spread([r["augment_s"] for r in results])["median"] / row["studies"],
+                device_ms_per_study=1000 * spread([r["device_s"] for r in results])["median"] / row["studies"],
                 fill_studies_per_s=row["studies"] / row["build_s"],
                 vs_train=(row["studies"] / total["median"]) / consumed if consumed else None,
             )
@@ -251,8 +267,8 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
             for path in PATHS:
                 cfg = config_for(loader_overrides(shape, root, path, workers, Path(tmp) / f"cache-{path}", device.type))
                 dataset = build_dataset(cfg, "train", train=True)  # the cache is warm: reads only
-                epoch = Epoch(cfg, dataset, torch.device("cpu") if path == "old" else device)
-                epoch.augment = None  # the workers deliver; the new path's augmentation runs on the device, apart
+                epoch = Epoch(cfg, dataset, device)
+                epoch.augment = None  # what the workers deliver; the new path's augmentation is device work, measured above
                 log(f"loader: {path} path, {workers} workers")
                 results = [epoch() for _ in range(plan.loader_rounds)]
                 total = spread([r["seconds"] for r in results])
@@ -277,8 +293,9 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
         old, new = (next(r for r in rows if r["path"] == p and r["workers"] == 0) for p in ("old", "new"))
         # per-worker speed, round by round: the new path's rate over the old one's = old epoch seconds over new
         speed = ratio_rounds(old["epoch_rounds"], new["epoch_rounds"])
-        # the same without the new path's batch augmentation (on a GPU machine it runs on the GPU, not in a worker)
-        worker = ratio_rounds(old["epoch_rounds"], new["loader_only_rounds"])
+        # a loader worker's own work: without the device work (to_device, and the new path's augmentation), which on a
+        # GPU machine runs on the GPU
+        worker = ratio_rounds(old["loader_only_rounds"], new["loader_only_rounds"])
         bytes_ratio = new["bytes_memory"] / old["bytes_memory"]
         comparison = dict(
             bytes_ratio=bytes_ratio,
@@ -300,11 +317,9 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
         extrapolation = dict(
             cores=GPU_MACHINE_CORES,
             workers=gpu_workers,
-            old_studies_per_s=gpu_workers * old["studies_per_s"],
+            old_studies_per_s=gpu_workers * old["loader_only_studies_per_s"],
             new_studies_per_s=gpu_workers * new["loader_only_studies_per_s"],
-            measured_efficiency={
-                f"{r['path']}@{r['workers']}": r["scaling_efficiency"] for r in rows if r["workers"] > 0
-            },
+            measured_efficiency={f"{r['path']}@{r['workers']}": r["scaling_efficiency"] for r in rows if r["workers"] > 0},
         )
     return dict(
         shape=vars(shape) | {"label": shape.label},
@@ -323,7 +338,8 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
 
 def rss_child(request: dict) -> dict:
     """In a fresh process: build the new path's training dataset over the first `studies` studies, then one loader
-    epoch; peak RSS of this process (the cache holder) and of its largest loader worker, and the times."""
+    epoch (the batches as the workers deliver them, no device work); peak RSS of this process (the cache holder) over
+    both and over the epoch alone, of its largest loader worker, and the times."""
     from ...data import build_dataset, read_manifest
     from .measure import _reset_rss_peak, _status_kib, max_rss_bytes, release_free_heap, rss_bytes
 
@@ -335,22 +351,23 @@ def rss_child(request: dict) -> dict:
     start = time.perf_counter()
     dataset = build_dataset(cfg, "train", train=True, manifest=manifest)
     build_s = time.perf_counter() - start
+    build_peak = max(max_rss_bytes(resource.RUSAGE_SELF), rss_bytes())  # before the reset below, which also resets this
     stats = cache_stats(cfg, dataset)
     release_free_heap()
     after_build = rss_bytes()
-    hwm = _reset_rss_peak()
-    epoch = Epoch(cfg, dataset, torch.device("cpu"))
-    epoch.augment = None  # the device's work, not the loader's
-    result = epoch()
+    hwm = _reset_rss_peak()  # from here the kernel's peak mark (VmHWM) is the epoch's
+    result = Epoch(cfg, dataset, torch.device("cpu"), device_work=False)()  # the loader alone: batches as the workers deliver them
+    epoch_peak = max(_status_kib("VmHWM") * 1024, rss_bytes()) if hwm else None
     return dict(
         request,
         studies=len(dataset),
         build_s=build_s,
         epoch_s=result["seconds"],
         base_rss=base,
+        build_peak_rss=build_peak,
         after_build_rss=after_build,
-        epoch_peak_rss=_status_kib("VmHWM") * 1024 if hwm else None,
-        peak_rss=max_rss_bytes(resource.RUSAGE_SELF),
+        epoch_peak_rss=epoch_peak,
+        peak_rss=max(build_peak, epoch_peak or 0, max_rss_bytes(resource.RUSAGE_SELF)),
         worker_peak_rss=max_rss_bytes(resource.RUSAGE_CHILDREN) if request["workers"] else None,
         **stats,
     )
@@ -365,6 +382,7 @@ def run_rss_child(request: dict, log: Log) -> dict:
         capture_output=True,
         text=True,
         env=env,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"RSS child for {request['studies']} studies ({request['cache']} cache) failed:\n{proc.stderr[-3000:]}")

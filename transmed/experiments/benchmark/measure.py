@@ -174,7 +174,7 @@ def measure(cases: Sequence[Case], device: torch.device, rounds: int, warmup: in
 
 def ratio_rounds(numerator: Sequence[float], denominator: Sequence[float]) -> dict:
     """A ratio of two interleaved cases, round by round: its median, lowest and highest round, and `rounds`."""
-    ratios = [n / d for n, d in zip(numerator, denominator)]
+    ratios = [n / d for n, d in zip(numerator, denominator, strict=True)]
     stats = spread(ratios)
     return {"ratio": stats["median"], "ratio_low": stats["low"], "ratio_high": stats["high"], "ratio_rounds": ratios}
 

@@ -213,13 +213,14 @@ def render_loader(result: dict) -> list[str]:
                 "rounds": span(r.get("studies_per_s_low"), r.get("studies_per_s_high"), 1),
                 "per worker": r.get("per_worker", r["studies_per_s"] if not r["workers"] else None),
                 "loader only": r.get("loader_only_studies_per_s"),
-                "augment ms/study": r.get("augment_ms_per_study") if r["path"] == "new" else None,
+                "device work ms/study": r.get("device_ms_per_study"),
+                "of which augment": r.get("augment_ms_per_study") if r["path"] == "new" else None,
                 "workers' scaling": pct(r.get("scaling_efficiency")),
                 "x train": r.get("vs_train"),
             }
         )
     formats = {c: ",.1f" for c in ("MiB/study in memory", "MiB/study on disk", "cache fill studies/s", "studies/s", "per worker")}
-    formats.update({"loader only": ",.1f", "augment ms/study": ",.0f", "x train": ",.1f"})
+    formats.update({"loader only": ",.1f", "device work ms/study": ",.0f", "of which augment": ",.0f", "x train": ",.1f"})
     columns = [c for c in (rows[0] if rows else {}) if any(_ok(row[c]) and row[c] != "" for row in rows)]
     c, e, shape = data["comparison"], data["extrapolation"], data["shape"]
     lines = [
@@ -229,9 +230,11 @@ def render_loader(result: dict) -> list[str]:
         f"({data['source_bytes_per_study'] / MIB:.1f} MiB of uint8 per study on disk; written in {data['generation_s']:.0f} s by "
         f"{data['generation_processes']} processes), with `data.cache_dir` on disk as configs/knee.yaml, built by "
         "`build_dataset`/`build_loader` as training builds them. Old path: `data.cache_dtype=float32 data.augment_on=loader`; "
-        "new path: `data.cache_dtype=auto data.augment_on=device`, whose studies/s include `augment_batch` on each batch run on "
-        "this machine's CPU (`augment ms/study`), so one worker's studies/s compare like for like; `loader only` leaves it out "
-        "(on a GPU machine it runs on the GPU). Cache fill: building the dataset (every study preprocessed and written). "
+        "new path: `data.cache_dtype=auto data.augment_on=device`. Studies/s include the device work on each batch, run on "
+        f"this run's {'GPU' if result['machine']['device_type'] == 'cuda' else 'CPU'} (`device work`: `to_device`, where a "
+        "compact batch becomes float, and for the new path `augment_batch`), so one worker's studies/s compare like for like; "
+        "`loader only` leaves the device work out: what a loader worker does (on a GPU machine the rest runs on the GPU). "
+        "Cache fill: building the dataset (every study preprocessed and written). "
         f"Studies/s: median of {len(data['rows'][0].get('epoch_rounds', [])) or ''} interleaved warm epochs (old, new, old, ...) "
         "on one torch thread (a loader worker's), with the slowest and fastest round.",
         "",
@@ -240,16 +243,17 @@ def render_loader(result: dict) -> list[str]:
         f"- Bytes per cached study, new over old: {c['bytes_ratio']:.3f} in memory"
         + (f", {c['bytes_disk_ratio']:.3f} on disk" if _ok(c.get("bytes_disk_ratio")) else "")
         + f": {_verdict_text(c['bytes_verdict'], 'at most 1/3')}.",
-        f"- Studies/s per worker, new over old, with the new path's batch augmentation run on this CPU: {c['speed_ratio']:.2f}x "
+        f"- Studies/s per worker, new over old, with the device work (the new path's batch augmentation) on this run's "
+        f"{'GPU' if result['machine']['device_type'] == 'cuda' else 'CPU'}: {c['speed_ratio']:.2f}x "
         f"(rounds {span(c['speed_ratio_low'], c['speed_ratio_high'])}): {_verdict_text(c['speed_verdict'], 'at least 2x')}.",
-        f"- The same for a loader worker's own work (the new path's augmentation on the GPU, as on a GPU machine): "
+        f"- The same for a loader worker's own work (`loader only`; the device work on the GPU, as on a GPU machine): "
         f"{c['worker_ratio']:.2f}x (rounds {span(c['worker_ratio_low'], c['worker_ratio_high'])}): "
         f"{_verdict_text(c['worker_verdict'], 'at least 2x')}."
         if _ok(c.get("worker_ratio"))
         else "",
         f"- Extrapolation, not a measurement: a {e['cores']}-core GPU machine with {e['workers']} loader workers (one core for "
         f"the training process), if workers scaled linearly, would load {e['old_studies_per_s']:,.0f} studies/s on the old path "
-        f"and {e['new_studies_per_s']:,.0f} on the new one (its augmentation on the GPU, apart)."
+        f"and {e['new_studies_per_s']:,.0f} on the new one (`loader only` per worker x {e['workers']}; the device work on the GPU)."
         + (
             " Measured scaling of workers on this machine: "
             + ", ".join(f"{k.replace('@', ' path, ')} workers {pct(v)}" for k, v in e["measured_efficiency"].items())
@@ -272,6 +276,7 @@ def render_rss(result: dict) -> list[str]:
             "epoch s": r["epoch_s"],
             "MiB/study cached": r["bytes_memory"] / MIB,
             "RSS at start MiB": r["base_rss"] / MIB,
+            "build peak RSS MiB": r["build_peak_rss"] / MIB if _ok(r.get("build_peak_rss")) else None,
             "RSS after build MiB": r["after_build_rss"] / MIB,
             "peak RSS MiB": r["peak_rss"] / MIB,
             "epoch peak RSS MiB": r["epoch_peak_rss"] / MIB if _ok(r.get("epoch_peak_rss")) else None,
@@ -280,19 +285,32 @@ def render_rss(result: dict) -> list[str]:
         for r in data["rows"]
     ]
     formats = {"build s": ",.0f", "epoch s": ",.1f", "MiB/study cached": ",.2f"}
-    formats.update({c: ",.0f" for c in ("RSS at start MiB", "RSS after build MiB", "peak RSS MiB", "epoch peak RSS MiB", "largest worker peak MiB")})
+    formats.update(
+        {
+            c: ",.0f"
+            for c in (
+                "RSS at start MiB",
+                "build peak RSS MiB",
+                "RSS after build MiB",
+                "peak RSS MiB",
+                "epoch peak RSS MiB",
+                "largest worker peak MiB",
+            )
+        }
+    )
     columns = [c for c in (rows[0] if rows else {}) if any(_ok(row[c]) for row in rows)]
     sizes = "/".join(f"{s:,}" for s in data["sizes"])
     lines = [
         "### RSS scale",
         "",
-        f"Peak RSS of the new path's training loader (dataset build, then one epoch with {data['workers']} workers as "
-        f"configs/knee.yaml) over {sizes} synthetic studies ({data['shape']['label']}), each size in a fresh process "
+        f"Peak RSS of the new path's training loader (dataset build, then one epoch with {data['workers']} loader workers"
+        f"{' as configs/knee.yaml' if data['workers'] == 4 else ''}) over {sizes} synthetic studies ({data['shape']['label']}), each size in a fresh process "
         "(`ru_maxrss` of that process: the one holding the cache; its workers' largest apart). One set of "
         f"{data['sizes'][-1]:,} studies ({data['source_bytes'] / GIB:.2f} GiB) was generated for the run in "
         f"{data['generation_s']:.0f} s by {data['generation_processes']} processes and deleted after. With the disk cache the "
         "cached studies live in files and RSS should stay flat; with the memory cache it should grow by the bytes per cached "
-        "study times the studies, and no faster.",
+        "study times the studies, and no faster. The batches in flight (workers x 2 prefetched, in shared memory) add a "
+        "constant once there are enough studies to fill them; the epoch moves batches only (no device work).",
         "",
         markdown_table(rows, columns, formats),
         "",
@@ -381,7 +399,8 @@ def render_run(result: dict) -> list[str]:
         + load_line(result),
         "",
     ]
-    shapes = [name for name in result.get("shapes", {}) if any(name in {r.get("shape") for r in result.get(s) or []} for s in ("throughput", "fusion", "scaling", "fast_paths") if isinstance(result.get(s), list))]
+    measured = {r.get("shape") for s in ("throughput", "fusion", "scaling", "fast_paths") for r in result.get(s) or []}
+    shapes = [name for name in result.get("shapes", {}) if name in measured]
     if shapes:
         lines += [
             "Model shapes: " + "; ".join(_shape_line(result["shapes"], name) for name in shapes) + ".",

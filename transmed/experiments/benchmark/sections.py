@@ -183,7 +183,8 @@ def bench_fusion(plan: Plan, device: torch.device, log: Log) -> list[dict]:
         inputs = bench_inputs(shape, device)
         for name in TRANSMED_MODELS:
             cfg = bench_config(shape, device, {"model.name": name})
-            no_encoder_cfg = bench_config(shape, device, {"model.name": name, "model.depth": 0})
+            no_encoder_cfg = bench_config(shape, device, {"model.name": name})
+            no_encoder_cfg.model.depth = 0  # past the config's validation (a model to train needs layers; this one is a probe)
             full = _model(cfg, device)
             stem, images = stem_step(full, cfg, inputs, device, amp)
             steps = {

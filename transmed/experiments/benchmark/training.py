@@ -69,9 +69,7 @@ def bench_train(plan: Plan, device: torch.device, log: Log, work: Optional[Path]
             valid_studies=plan.train_valid,
             generation_s=made["seconds"],
             wall_s=wall,
-            epochs=[
-                dict(epoch=e["epoch"], sec=e["sec/epoch"], studies_per_s=plan.train_studies / e["sec/epoch"]) for e in epochs
-            ],
+            epochs=[dict(epoch=e["epoch"], sec=e["sec/epoch"], studies_per_s=plan.train_studies / e["sec/epoch"]) for e in epochs],
             overrides=[*(f"{k}={v}" for k, v in overrides.items() if k not in ("data.root", "output_dir")), *plan.train_overrides],
             cpu_count=os.cpu_count(),
         )

@@ -1,0 +1,110 @@
+"""Batch augmentation on the training device (data/augment.py): one draw per study, padding untouched."""
+
+import math
+
+import pytest
+import torch
+from monai.transforms import Affine
+
+from transmed.data.augment import RANGES, BatchAugment, apply_params, augment_batch, draw_params, sampling_grid, training_augment
+
+
+def _batch(b=6, m=3, s=5, size=24, seed=0):
+    """Every real slice of every modality of a study is the same smooth image; padding holds a sentinel."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    images = []
+    for _ in range(b):
+        cy, cx = torch.rand(2, generator=g) * size * 0.5 + size * 0.25
+        images.append(0.8 * torch.exp(-(((yy - cy) / 4) ** 2 + ((xx - cx) / 3) ** 2)) + 0.1 * (xx / size))  # off-centre, asymmetric
+    x = torch.stack(images)[:, None, None].expand(b, m, s, size, size).clone()
+    mask = torch.ones(b, m, s, dtype=torch.bool)
+    if b >= 3 and m >= 3:
+        mask[0, :, 3:] = False  # a short study
+        mask[1, 1, 2:] = False  # one short modality
+        mask[2, 2] = False  # a missing modality
+    x[~mask] = 7.0  # padding is "exactly what it was", whatever it was
+    return x, mask
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_one_transform_per_study_for_all_slices_and_modalities_and_padding_untouched(batched):
+    x, mask = _batch()
+    changed, results = 0, []
+    for seed in range(8):
+        params = draw_params(len(x), (24, 24), torch.Generator().manual_seed(seed))
+        out = apply_params(x, mask, params, batched=batched)
+        assert out.dtype == x.dtype and out.shape == x.shape
+        assert torch.equal(out[~mask], x[~mask])  # padded (and missing) slices: bit for bit as they came
+        for b in range(len(x)):
+            real = out[b][mask[b]]  # (n_real, H, W): every slice of every modality of study b
+            assert torch.equal(real, real[:1].expand_as(real)), f"study {b}: slices or modalities transformed differently"
+            changed += not torch.allclose(real[0], x[b, 0, 0])
+            results.append(real[0])
+    assert changed >= 0.7 * len(results)  # flip 0.5, affine 0.7, intensity 0.5 + 0.5: almost every draw changes something
+    assert len({tuple(r.flatten()[:50].tolist()) for r in results}) > 0.7 * len(results)  # and studies differ from each other
+
+
+def test_batched_and_per_study_forms_agree():
+    x, mask = _batch(b=8, size=32)
+    for seed in range(4):
+        params = draw_params(len(x), (32, 32), torch.Generator().manual_seed(seed))
+        assert torch.allclose(apply_params(x, mask, params, batched=True), apply_params(x, mask, params, batched=False), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "angle, scale, shift",
+    [(0.0, (1.0, 1.0), (3.0, 0.0)), (0.0, (1.1, 0.92), (0.0, -2.0)), (0.17, (1.0, 1.0), (0.0, 0.0)), (-0.15, (1.08, 0.93), (1.5, -1.2))],
+)
+def test_spatial_transform_is_monais_affine(angle, scale, shift):
+    """Same family as the loader's MONAI RandAffine: the same parameters give the same image."""
+    x, _ = _batch(b=1, m=1, s=1, size=40, seed=3)
+    image = x[0, 0]  # (1, H, W)
+    want = torch.as_tensor(
+        Affine(rotate_params=angle, scale_params=scale, translate_params=shift, padding_mode="zeros", image_only=True)(image)
+    )
+    grid = sampling_grid(torch.tensor([angle]), torch.tensor([scale]), torch.tensor([shift]), (40, 40))
+    got = torch.nn.functional.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    assert torch.allclose(got, want, atol=1e-5)
+    flipped = sampling_grid(torch.tensor([angle]), torch.tensor([scale]), torch.tensor([shift]), (40, 40), torch.tensor([True]))
+    mirrored = Affine(rotate_params=angle, scale_params=scale, translate_params=shift, padding_mode="zeros", image_only=True)(
+        image.flip(-1)
+    )
+    got = torch.nn.functional.grid_sample(image[None], flipped, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    assert torch.allclose(got, torch.as_tensor(mirrored), atol=1e-5)  # flip first, then the affine, as the loader's Compose
+
+
+def test_draws_stay_in_todays_ranges():
+    n = 20000
+    p = draw_params(n, (200, 100), torch.Generator().manual_seed(0))
+    for key, prob in (("flip", "flip_prob"), ("affine", "affine_prob")):
+        assert abs(p[key].float().mean() - RANGES[prob]) < 0.02
+    assert p["angle"].abs().max() <= math.radians(10) + 1e-6 and p["angle"].abs().max() > math.radians(9.9)
+    assert ((p["scale"] - 1).abs() <= 0.1 + 1e-6).all()
+    assert (p["shift"][:, 0].abs() <= 10 + 1e-4).all() and (p["shift"][:, 1].abs() <= 5 + 1e-4).all()  # 5% of 200 rows, 100 columns
+    assert abs((p["gain"] != 1).float().mean() - 0.5) < 0.02 and ((p["gain"] - 1).abs() <= 0.1 + 1e-6).all()
+    assert abs((p["offset"] != 0).float().mean() - 0.5) < 0.02 and (p["offset"].abs() <= 0.05 + 1e-6).all()
+
+
+def test_reproducible_from_epoch_seed_and_rank():
+    x, mask = _batch()
+    a, b = BatchAugment("cpu", epoch_seed=42001), BatchAugment("cpu", epoch_seed=42001)
+    first = a(x, mask)
+    assert torch.equal(first, b(x, mask))
+    assert not torch.equal(first, a(x, mask))  # the next batch gets new draws
+    a.reseed(42001)
+    assert torch.equal(first, a(x, mask))  # a resumed epoch replays
+    assert not torch.equal(first, BatchAugment("cpu", epoch_seed=42001, rank=1)(x, mask))
+    assert not torch.equal(first, BatchAugment("cpu", epoch_seed=42002)(x, mask))
+
+
+def test_augment_batch_wants_the_float_batch():
+    x, mask = _batch()
+    with pytest.raises(TypeError, match="float batch"):
+        augment_batch((x.clamp(0, 1) * 255).to(torch.uint8), mask)
+
+
+def test_training_augment_follows_the_config(tiny_cfg):
+    assert isinstance(training_augment(tiny_cfg(), "cpu", 1), BatchAugment)
+    assert training_augment(tiny_cfg(**{"data.augment_on": "loader"}), "cpu", 1) is None
+    assert training_augment(tiny_cfg(**{"data.augment": "false"}), "cpu", 1) is None

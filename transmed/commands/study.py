@@ -1,0 +1,37 @@
+"""Seed studies: transmed study FILE [--base CONFIG] [--group NAME] [--quick] [--bootstrap N] [key=value ...]
+
+FILE is a study (configs/studies/depth.yaml, modes.yaml, uap.yaml, stepwise.yaml, fusion.yaml; a bare
+name such as studies/depth.yaml is looked up in configs/): a paper's claim and the runs that test it
+on any config (the file's base, or --base). Every run trains as in `transmed ablate`, in one W&B
+group; the study writes {output_dir}/{group}/report.md (the measured table with 95% intervals and
+each claim next to what was measured: holds, does not hold, or inconclusive where the intervals
+overlap) with its PNGs, and comparison.{csv,md,png}.
+
+--quick adds the file's quick settings (few epochs, small images: minutes on a CPU) and writes to
+{group}-quick. key=value applies to every run; NAME:key=value to the run (or role) NAME only, e.g.
+intermediate:data.root=/data/other. Run again with train.resume=auto to finish interrupted runs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from ..experiments.studies import run_study
+from ._common import add_overrides, fail, parser_for
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
+    parser = parser_for(__doc__, prog)
+    parser.add_argument("file", help="study YAML (configs/studies/*.yaml)")
+    parser.add_argument("--base", default=None, help="config file every run starts from (replaces the file's base)")
+    parser.add_argument("--group", default=None, help="W&B group and output folder name (replaces the file's group)")
+    parser.add_argument("--quick", action="store_true", help="the file's quick settings: short runs for a CPU")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
+    add_overrides(parser)
+    args = parser.parse_intermixed_args(argv)  # options may come after the overrides
+    out_dir, frame = run_study(args.file, args.overrides, args.base, args.group, args.quick, args.bootstrap)
+    print((out_dir / "report.md").read_text())
+    failed = int((frame["status"] != "ok").sum())
+    if failed:
+        fail(f"{failed} of {len(frame)} runs failed; see {out_dir / 'report.md'}")
+    print(f"report written to {out_dir / 'report.md'}")
