@@ -122,6 +122,7 @@ def test_transmed_help_lists_every_command():
         assert importlib.util.find_spec(f"transmed.commands.{name}") is not None, f"no module for command {name}"
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # runpy, in-process: the module was imported above
 @pytest.mark.parametrize(
     "spelling",
     [

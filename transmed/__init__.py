@@ -3,8 +3,8 @@
 The public API; see docs/architecture.md for the layers behind it.
 """
 
+from .core import __version__
 from .models import TransMed, create_model, list_models
 from .models.loading import load_model
 
-__all__ = ["TransMed", "create_model", "list_models", "load_model"]
-__version__ = "0.1.0"
+__all__ = ["TransMed", "__version__", "create_model", "list_models", "load_model"]

@@ -40,6 +40,10 @@ def save_checkpoint(path: str | Path, **content: Any) -> None:
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **content}, f))
 
 
+# torch's weights-only unpickler: the messages that mean "this pickle asks for code", not "this file is broken"
+UNSAFE = r"GLOBAL (\S+) (?:was not an allowed|whose module)|unrecognized function|Can only create new object|Can only build"
+
+
 def _unpickler_detail(err: BaseException) -> str:
     """The line of a torch.load failure that says what went wrong (torch prepends long advice)."""
     text = str(err)
@@ -64,10 +68,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch.load raises many types for a truncated or foreign file
-        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
-        if code:  # a well-formed pickle that names code to run: the one failure that is about safety
+        code = re.search(UNSAFE, str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if code:  # a well-formed pickle that names code to run or objects to build: the one failure that is about safety
+            what = f"call {code.group(1)}" if code.group(1) else "construct arbitrary objects"
             raise UnsafeCheckpointError(
-                f"refusing to load {path}: unpickling it would call {code.group(1)}, which a plain-data TransMed checkpoint "
+                f"refusing to load {path}: unpickling it would {what}, which a plain-data TransMed checkpoint "
                 f"never needs. Only load checkpoints written by TransMed or from sources you trust"
             ) from None
         raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated or not a torch file): {_unpickler_detail(err)}") from None

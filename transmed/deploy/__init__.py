@@ -58,7 +58,7 @@ def export_checkpoint(
     device: str = "cpu",
 ) -> ExportReport:
     """Exports `checkpoint` as `fmt` to `out` (a file, or a folder for monai-bundle and hub) and checks it."""
-    from ..models.hub import is_hub_folder
+    from ..models.hub_reader import is_hub_folder
     from .monai_bundle import is_bundle
 
     if fmt not in FORMATS:
@@ -131,8 +131,8 @@ def _safetensors(checkpoint, model, cfg, spec, tmp: Path, inputs, report: Export
 
 
 def _hub(model, cfg, spec, ckpt: dict, card_text: str, tmp: Path, inputs, report: ExportReport) -> None:
-    from ..models.hub import load_hub_folder
-    from .hub import write_hub_folder
+    from ..models.hub_reader import load_hub_folder
+    from .hub_writer import write_hub_folder
 
     write_hub_folder(tmp, cfg, spec, model.state_dict(), card_text, ckpt.get("epoch"))
     report.notes.append("read back with transmed.load_model(folder); upload with huggingface_hub.upload_folder")

@@ -225,6 +225,6 @@ def _version(package: str) -> str:
 
 
 def _transmed_version() -> str:
-    from .. import __version__
+    from ..core import __version__
 
     return __version__

@@ -78,7 +78,7 @@ def load_trained(
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """A trained model in eval mode from a TransMed checkpoint or a `transmed export --format hub` folder."""
-    from .hub import is_hub_folder, load_hub_folder  # noqa: PLC0415  (the hub reader needs huggingface_hub)
+    from .hub_reader import is_hub_folder, load_hub_folder  # noqa: PLC0415  (the hub reader needs huggingface_hub)
 
     if is_hub_folder(path):
         return load_hub_folder(path).to(map_location).eval()

@@ -1,7 +1,7 @@
 """A Hugging Face Hub style folder: config.json, model.safetensors and README.md (the model card).
 
 Upload it as a model repository (`huggingface_hub.upload_folder`); read it back, offline, with
-`transmed.load_model(folder)` (transmed/models/hub.py).
+`transmed.load_model(folder)` (transmed/models/hub_reader.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..config import to_dict
 from ..core.checkpoint import FORMAT
 from ..core.labels import LabelSpec
 from ..models.factory import model_kwargs
-from ..models.hub import CARD_FILE, CONFIG_FILE, HUB_FORMAT, WEIGHTS_FILE, is_hub_folder
+from ..models.hub_reader import CARD_FILE, CONFIG_FILE, HUB_FORMAT, WEIGHTS_FILE, is_hub_folder
 from .common import input_geometry
 
 __all__ = ["hub_config", "write_hub_folder", "is_hub_folder"]
@@ -25,7 +25,7 @@ __all__ = ["hub_config", "write_hub_folder", "is_hub_folder"]
 
 def hub_config(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int]) -> dict:
     """config.json: what the model predicts and takes, its constructor arguments, and the full training config."""
-    from .. import __version__
+    from ..core import __version__
 
     kwargs = {k: v for k, v in model_kwargs(cfg, spec.num_outputs).items() if k != "pretrained"}
     return {
