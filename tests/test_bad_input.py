@@ -355,7 +355,9 @@ def empty_validation_split(root):
     return r"the valid split of .* has no usable studies"  # was `torch.cat` of no batches after the first epoch
 
 
-KNEE_CASES = [zero_slices, zero_width, text_as_npy, non_numeric_exam_id, task_without_positives, missing_plane_folder, empty_validation_split]
+KNEE_CASES = [
+    zero_slices, zero_width, text_as_npy, non_numeric_exam_id, task_without_positives, missing_plane_folder, empty_validation_split,
+]
 
 
 @pytest.mark.parametrize("breaker", KNEE_CASES, ids=[c.__name__ for c in KNEE_CASES])
@@ -389,7 +391,8 @@ def test_header_row_in_an_mrnet_label_file_is_not_a_study(knee_root, tmp_path):
 def test_non_square_mrnet_slices_warn_naming_the_study(knee_root, tmp_path):
     root = shutil.copytree(knee_root, tmp_path / "knee")
     save_npy(root, np.load(root / "train" / "axial" / "0000.npy")[:, :, :24])
-    with pytest.warns(UserWarning, match=r"study 0000 \(file .*0000\.npy\): axial slices are 32x24, not square; they are stretched to 32x32"):
+    stretched = r"study 0000 \(file .*0000\.npy\): axial slices are 32x24, not square; they are stretched to 32x32"
+    with pytest.warns(UserWarning, match=stretched):
         ds = build_dataset(knee_cfg(root, tmp_path), "train", train=False)
     assert len(ds) == 4
 

@@ -159,7 +159,6 @@ BAD_VALUES = [
     ("model.depth=0", "model.depth"),
     ("model.drop_path=1.5", "model.drop_path"),
     ("model.stem_chunk=0", "model.stem_chunk"),
-    ("model.stem_stage=-2", "model.stem_stage"),
     ("seed=-1", "'seed'"),
     ("data.split_seed=-1", "data.split_seed"),
     ("run_name=a/../../b", "run_name"),
@@ -192,7 +191,7 @@ def test_yaml_whose_top_level_is_not_a_mapping(text, capsys, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     code, err = run_command(["train", "--config", str(path)], capsys)
-    expected = f"error: config: config file {path}: the top level must be a mapping of keys (data:, model:, train:, ...), not a list or a value"
+    expected = f"error: config: config file {path}: the top level must be a mapping of keys (data:, model:, train:, ...), not a list or a value"  # noqa: E501
     assert code == 2 and err.strip().splitlines() == [expected], err
 
 
@@ -225,7 +224,8 @@ def test_usage_line_from_another_folder_fails_in_one_line_without_warnings_or_ru
     root = generate_mrnet(tmp_path / "knee", num_train=4, num_valid=2, image_size=32, min_slices=3, max_slices=4, seed=0)
     (root / "train-acl.csv").write_text("".join(f"{i:04d},0\n" for i in range(4)))
     overrides = [f"data.root={root}", "data.val_fraction=null", "model.pretrained=false", "model.backbone=test_resnet",
-                 "data.image_size=32", "data.num_workers=0", "data.cache_dir=null", f"output_dir={tmp_path / 'runs'}", "wandb.mode=disabled"]
+                 "data.image_size=32", "data.num_workers=0", "data.cache_dir=null", f"output_dir={tmp_path / 'runs'}",
+                 "wandb.mode=disabled"]
     result = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--config", "knee.yaml", *overrides],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,

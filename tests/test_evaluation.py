@@ -17,6 +17,7 @@ from conftest import TINY_BACKBONE, tiny_overrides
 from transmed.config import load_config, to_dict
 from transmed.data import DataError, label_spec
 from transmed.core.checkpoint import save_checkpoint
+from transmed.core.errors import DataError
 from transmed.core.labels import Predictions
 from transmed.evaluation import comparison as C
 from transmed.evaluation import attribution as X
@@ -195,7 +196,7 @@ def test_compare_multiclass_and_label_mismatch(tmp_path):
 
 
 def test_compare_names_a_folder_without_evaluations(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run evaluate.py"):
+    with pytest.raises(DataError, match="run evaluate.py"):
         C.compare([tmp_path])
 
 

@@ -19,7 +19,7 @@ from transmed.evaluation import adversarial as R
 @pytest.fixture(scope="module")
 def learned(mrnet_root, tmp_path_factory):
     """A tiny model trained long enough to rank the valid studies better than chance (val AUC ~0.7);
-    it calls meniscus tears in some valid studies only, so a targeted UAP has room to act."""
+    it calls some task positive in some valid studies only, so a targeted UAP has room to act."""
     from transmed.config import load_config
     from transmed.engine import train
 

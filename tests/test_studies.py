@@ -8,17 +8,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import tiny_overrides
 
 from transmed.commands.study import main
 from transmed.config import ConfigError, find_config
 from transmed.data.synthesis import generate_mrnet
 from transmed.experiments.studies import (
-    HOLDS,
     FAILS,
+    HOLDS,
+    KINDS,
     NOT_MEASURED,
     Comparison,
     Interval,
-    KINDS,
     Results,
     analyse_fusion,
     load_study,
@@ -27,8 +28,6 @@ from transmed.experiments.studies import (
     study_configs,
     wilson_interval,
 )
-
-from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -85,7 +84,7 @@ def test_shipped_study_files_parse_and_expand(path, monkeypatch, tmp_path):
         if study.kind == "fusion":
             modalities = list(configs[0].data.modalities)
             assert names == ["transmed", "late_fusion", "mrnet", "cnn3d", *(f"single-{m}" for m in modalities)]
-            assert [list(cfg.data.modalities) for cfg in configs[-len(modalities):]] == [[m] for m in modalities]
+            assert [list(cfg.data.modalities) for cfg in configs[-len(modalities) :]] == [[m] for m in modalities]
         if study.kind == "stepwise":
             intermediate, stepwise, _ = configs
             assert stepwise.model.init_from == str(Path(intermediate.output_dir) / intermediate.run_name / "checkpoints" / "best.pt")
@@ -156,7 +155,15 @@ def test_a_verdict_states_a_direction_only_when_the_intervals_are_apart():
 def test_fusion_analysis_compares_transmed_with_each_baseline_and_the_best_single_modality(tmp_path):
     path = ROOT / "configs" / "studies" / "fusion.yaml"
     study = load_study(path, [f"output_dir={tmp_path}"], base=DEMO)
-    aucs = {"transmed": 0.95, "late_fusion": 0.7, "mrnet": 0.93, "cnn3d": None, "single-sagittal": 0.6, "single-coronal": 0.8, "single-axial": 0.5}
+    aucs = {
+        "transmed": 0.95,
+        "late_fusion": 0.7,
+        "mrnet": 0.93,
+        "cnn3d": None,
+        "single-sagittal": 0.6,
+        "single-coronal": 0.8,
+        "single-axial": 0.5,
+    }
     rows = []
     for run in study.runs:
         auc = aucs[run.name]
@@ -216,7 +223,10 @@ def test_uap_study_measures_fooling_rates_with_wilson_intervals(tmp_path, small_
     for source in ("train", "natural"):
         uap = json.loads((out_dir / "pretrained" / f"uap-{source}" / "uap.json").read_text())
         assert uap["settings"]["n_eval"] == 10 and uap["settings"]["split"] == "valid"
-        assert ((frame[f"fooling/{source}_ci_low"] <= frame[f"fooling/{source}"]) & (frame[f"fooling/{source}"] <= frame[f"fooling/{source}_ci_high"])).all()
+        assert (
+            (frame[f"fooling/{source}_ci_low"] <= frame[f"fooling/{source}"])
+            & (frame[f"fooling/{source}"] <= frame[f"fooling/{source}_ci_high"])
+        ).all()
     natural = json.loads((out_dir / "scratch" / "uap-natural" / "uap.json").read_text())["settings"]
     trained = json.loads((out_dir / "scratch" / "uap-train" / "uap.json").read_text())["settings"]
     assert natural["radius"] == pytest.approx(trained["radius"], rel=1e-4)  # the same norm for both sources
@@ -226,7 +236,7 @@ def test_uap_study_measures_fooling_rates_with_wilson_intervals(tmp_path, small_
     assert (out_dir / "uap.png").stat().st_size > 0
 
     # a rerun with train.resume=auto keeps the finished runs and their UAPs
-    again_dir, again = run_study(path, [*tiny(small_root, tmp_path), "train.resume=auto"], n_bootstrap=20)
+    _, again = run_study(path, [*tiny(small_root, tmp_path), "train.resume=auto"], n_bootstrap=20)
     assert again["fooling/natural"].tolist() == frame["fooling/natural"].tolist()
 
 

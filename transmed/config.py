@@ -241,7 +241,6 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.dropout": (_fraction, "must lie in [0, 1)"),
     "model.drop_path": (_fraction, "must lie in [0, 1)"),
     "model.stem_chunk": (_positive, "must be positive, or null (the whole batch at once)"),
-    "model.stem_stage": (lambda v: v >= -1, "must be -1 (the last stage) or a stage index 0, 1, ..."),
     "train.epochs": (_positive, "must be positive"),
     "train.batch_size": (_positive, "must be positive"),
     "train.lr": (_positive, "must be positive (a negative rate would climb the loss)"),
@@ -276,7 +275,8 @@ def _validate_combinations(cfg: DictConfig) -> None:
         )
     if syn.max_slices < syn.min_slices:
         raise ConfigError(
-            f"invalid value for config key 'data.synthetic.max_slices': {syn.max_slices}; must be at least data.synthetic.min_slices ({syn.min_slices})"
+            f"invalid value for config key 'data.synthetic.max_slices': {syn.max_slices}; "
+            f"must be at least data.synthetic.min_slices ({syn.min_slices})"
         )
 
 

@@ -14,13 +14,13 @@ intermediate:data.root=/data/other. Run again with train.resume=auto to finish i
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from ..experiments.studies import run_study
 from ._common import add_overrides, fail, parser_for
 
 
-def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = parser_for(__doc__, prog)
     parser.add_argument("file", help="study YAML (configs/studies/*.yaml)")
     parser.add_argument("--base", default=None, help="config file every run starts from (replaces the file's base)")

@@ -31,7 +31,8 @@ def _read_labels(path: Path, on_error: OnError) -> tuple[dict[str, int], set[str
             if not raw.isdigit():
                 if line_no == 1 and value not in ("0", "1"):
                     continue  # a header row (`id,label`): MRNet's files have none, a spreadsheet export may
-                on_error(StudyError(raw, f"exam id {raw!r} in {path.name} line {line_no} is not a number (MRNet exams are 0000, 0001, ...)", str(path)))
+                reason = f"exam id {raw!r} in {path.name} line {line_no} is not a number (MRNet exams are 0000, 0001, ...)"
+                on_error(StudyError(raw, reason, str(path)))
                 bad.add(raw)
                 continue
             sid = raw.zfill(4)
@@ -76,7 +77,8 @@ def read_mrnet_manifest(
     if absent:
         present = sorted(p.name for p in (root / split).iterdir() if p.is_dir()) if (root / split).is_dir() else []
         raise DataError(
-            f"no folder {root / split / absent[0]} for the plane '{absent[0]}' of data.modalities; {root / split} holds {present or 'no folders'}"
+            f"no folder {root / split / absent[0]} for the plane '{absent[0]}' of data.modalities; "
+            f"{root / split} holds {present or 'no folders'}"
         )
     manifest = []
     for sid in sorted(listed - bad):

@@ -171,8 +171,8 @@ def attempt(step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     the user's input, also prints its traceback): one failed run is reported and the others go on."""
     try:
         return {"status": "ok", **step()}
-    except Exception as err:
-        if not isinstance(err, TransMedError):
+    except Exception as err:  # noqa: BLE001 - one failed run is reported and the others go on
+        if not isinstance(err, TransMedError):  # a bug, not the user's input: keep its traceback
             traceback.print_exc()
         return {"status": f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
 

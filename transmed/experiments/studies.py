@@ -44,9 +44,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -151,7 +152,9 @@ def expand_run(entry: dict, base_cfg: Callable[[list[str]], DictConfig]) -> list
     elif key == "data.modalities":
         options = [[modality] for modality in cfg.data.modalities]
     else:
-        raise ConfigError(f"study run '{entry['name']}': '{key}: each' is not known; 'each' works for model.trainable_blocks and data.modalities")
+        raise ConfigError(
+            f"study run '{entry['name']}': '{key}: each' is not known; 'each' works for model.trainable_blocks and data.modalities"
+        )
     runs = []
     for option in options:
         label = option[0] if isinstance(option, list) else option
@@ -160,7 +163,7 @@ def expand_run(entry: dict, base_cfg: Callable[[list[str]], DictConfig]) -> list
 
 
 def load_study(
-    path: str | Path, overrides: Sequence[str] = (), base: Optional[str] = None, group: Optional[str] = None, quick: bool = False
+    path: str | Path, overrides: Sequence[str] = (), base: str | None = None, group: str | None = None, quick: bool = False
 ) -> Study:
     """Reads and expands a study file (a typo fails here, before anything trains)."""
     try:
@@ -207,19 +210,21 @@ def load_study(
         if not re.fullmatch(r"[A-Za-z0-9_.+=-]+", str(entry["name"])):
             raise ConfigError(f"study file {path}: run name {entry['name']!r} must be filesystem-safe (letters, digits, _.+=-)")
         if entry["role"] not in analysis.roles:
-            raise ConfigError(f"study file {path}: run '{entry['name']}': role must be one of {list(analysis.roles)}, got {entry['role']!r}")
+            raise ConfigError(
+                f"study file {path}: run '{entry['name']}': role must be one of {list(analysis.roles)}, got {entry['role']!r}"
+            )
         if not isinstance(entry.get("set") or {}, dict):
             raise ConfigError(f"study file {path}: run '{entry['name']}': 'set' must be a mapping of key: value")
     plain, scoped = split_scoped(overrides, {str(e["name"]) for e in entries} | {str(e["role"]) for e in entries})
     all_overrides = [*file_overrides, *plain]
-    base_cfg = lambda extra: load_config(base, [*all_overrides, *extra])  # noqa: E731
+    base_cfg = lambda extra: load_config(base, [*all_overrides, *extra])
     output_dir = base_cfg([]).output_dir
 
     runs: list[StudyRun] = []
     per_run: dict[str, list[str]] = {}
     for entry in entries:
         own = [*scoped.get(str(entry["name"]), []), *scoped.get(str(entry["role"]), [])]
-        for name, values in expand_run(entry, lambda extra: base_cfg([*extra, *own])):
+        for name, values in expand_run(entry, lambda extra, own=own: base_cfg([*extra, *own])):
             if any(run.name == name for run in runs):
                 raise ConfigError(f"study file {path}: two runs are named '{name}'")
             for key, value in values.items():
@@ -234,8 +239,18 @@ def load_study(
     if missing:
         raise ConfigError(f"study file {path}: study '{kind}' needs runs with the role(s) {missing}")
     return Study(
-        path, kind, str(spec.get("title") or kind), str(spec.get("paper") or ""), " ".join(str(spec.get("claim") or "").split()),
-        str(base), group, all_overrides, settings, runs, quick, per_run,
+        path,
+        kind,
+        str(spec.get("title") or kind),
+        str(spec.get("paper") or ""),
+        " ".join(str(spec.get("claim") or "").split()),
+        str(base),
+        group,
+        all_overrides,
+        settings,
+        runs,
+        quick,
+        per_run,
     )
 
 
@@ -369,30 +384,30 @@ class Results:
     configs: list[DictConfig]
     auc_key: str  # "test/auc" or "val/auc"
 
-    def rows(self, role: Optional[str] = None, ok: bool = True) -> list[pd.Series]:
+    def rows(self, role: str | None = None, ok: bool = True) -> list[pd.Series]:
         return [r for _, r in self.frame.iterrows() if (role is None or r["role"] == role) and (not ok or r["status"] == "ok")]
 
     def config(self, run: str) -> DictConfig:
         return self.configs[[r.name for r in self.study.runs].index(run)]
 
-    def auc(self, row: Optional[pd.Series]) -> Interval:
+    def auc(self, row: pd.Series | None) -> Interval:
         if row is None:
             return NAN
         k = self.auc_key
         return Interval(float(row[k]), float(row[f"{k}_ci_low"]), float(row[f"{k}_ci_high"]))
 
     @staticmethod
-    def seconds(row: Optional[pd.Series]) -> Interval:
+    def seconds(row: pd.Series | None) -> Interval:
         if row is None:
             return NAN
         return Interval(float(row["sec/epoch"]), float(row["sec/epoch_ci_low"]), float(row["sec/epoch_ci_high"]))
 
-    def best(self, rows: list[pd.Series]) -> Optional[pd.Series]:
+    def best(self, rows: list[pd.Series]) -> pd.Series | None:
         """The row with the highest AUC (None when no row has one)."""
         rows = [r for r in rows if math.isfinite(float(r[self.auc_key]))]
         return max(rows, key=lambda r: float(r[self.auc_key])) if rows else None
 
-    def one(self, role: str) -> Optional[pd.Series]:
+    def one(self, role: str) -> pd.Series | None:
         rows = self.rows(role)
         return rows[0] if rows else None
 
@@ -411,7 +426,7 @@ class Kind:
     required: tuple[str, ...]
     analyse: Callable[[Results, Path], Analysis]
     settings: dict = field(default_factory=dict)
-    measure: Optional[Callable[[Path, DictConfig, Study, Path], dict]] = None  # extra per-run values
+    measure: Callable[[Path, DictConfig, Study, Path], dict] | None = None  # extra per-run values
 
 
 def is_pretrained(cfg: DictConfig) -> bool:
@@ -424,9 +439,11 @@ def pretrained_note(results: Results, roles: Sequence[str]) -> list[str]:
     if not runs:
         return []
     return [
-        f"**Warning**: {', '.join(runs)} should start from ImageNet weights but have model.pretrained=false "
-        "(random weights), so these runs do not test the claim; use a base with ImageNet weights "
-        "(configs/demo-transfer.yaml, or model.pretrained=FILE from `transmed weights import`)."
+        (
+            f"**Warning**: {', '.join(runs)} should start from ImageNet weights but have model.pretrained=false "
+            "(random weights), so these runs do not test the claim; use a base with ImageNet weights "
+            "(configs/demo-transfer.yaml, or model.pretrained=FILE from `transmed weights import`)."
+        )
     ]
 
 
@@ -440,15 +457,38 @@ def analyse_depth(results: Results, out_dir: Path) -> Analysis:
     full = next((r for r in imagenet if str(r["model.trainable_blocks"]) == "all"), None)
     partial = results.best([r for r in imagenet if str(r["model.trainable_blocks"]) != "all"])
     scratch = results.one("scratch")
-    label = lambda r: "" if r is None else str(r["run"])  # noqa: E731
+    label = lambda r: "" if r is None else str(r["run"])
     select = "the best partial depth is chosen on the same split, which favours it"
     comparisons = [
-        Comparison("Tuning only the top blocks generalises as well as or better than tuning the whole network",
-                   label(partial), label(full), results.auc(partial), results.auc(full), "higher", "auc", select),
-        Comparison("Tuning only the top blocks saves training time",
-                   label(partial), label(full), results.seconds(partial), results.seconds(full), "lower", "seconds", "sec/epoch, training only"),
-        Comparison("(context, not the paper's claim) ImageNet initialisation beats training from scratch",
-                   label(full), label(scratch), results.auc(full), results.auc(scratch), "higher", "auc"),
+        Comparison(
+            "Tuning only the top blocks generalises as well as or better than tuning the whole network",
+            label(partial),
+            label(full),
+            results.auc(partial),
+            results.auc(full),
+            "higher",
+            "auc",
+            select,
+        ),
+        Comparison(
+            "Tuning only the top blocks saves training time",
+            label(partial),
+            label(full),
+            results.seconds(partial),
+            results.seconds(full),
+            "lower",
+            "seconds",
+            "sec/epoch, training only",
+        ),
+        Comparison(
+            "(context, not the paper's claim) ImageNet initialisation beats training from scratch",
+            label(full),
+            label(scratch),
+            results.auc(full),
+            results.auc(scratch),
+            "higher",
+            "auc",
+        ),
     ]
     figure = out_dir / "depth.png"
     plot_panels(results, figure, [("AUC", results.auc), ("sec/epoch", results.seconds)], results.study.title)
@@ -458,16 +498,38 @@ def analyse_depth(results: Results, out_dir: Path) -> Analysis:
 def analyse_modes(results: Results, out_dir: Path) -> Analysis:
     """Kim et al. 2022: a frozen ImageNet stem as feature extractor against fine-tuning it."""
     extractor, finetune, scratch = results.one("extractor"), results.one("finetune"), results.one("scratch")
-    label = lambda r: "" if r is None else str(r["run"])  # noqa: E731
+    label = lambda r: "" if r is None else str(r["run"])
     backbone = results.configs[0].model.backbone
     comparisons = [
-        Comparison("A feature extractor loses no accuracy against fine-tuning", label(extractor), label(finetune),
-                   results.auc(extractor), results.auc(finetune), "higher", "auc",
-                   "'no loss' is shown only by a higher interval; overlapping ones neither show nor exclude a loss"),
-        Comparison("A feature extractor saves compute", label(extractor), label(finetune),
-                   results.seconds(extractor), results.seconds(finetune), "lower", "seconds", "sec/epoch, training only"),
-        Comparison("(context) fine-tuning from ImageNet beats training from scratch", label(finetune), label(scratch),
-                   results.auc(finetune), results.auc(scratch), "higher", "auc"),
+        Comparison(
+            "A feature extractor loses no accuracy against fine-tuning",
+            label(extractor),
+            label(finetune),
+            results.auc(extractor),
+            results.auc(finetune),
+            "higher",
+            "auc",
+            "'no loss' is shown only by a higher interval; overlapping ones neither show nor exclude a loss",
+        ),
+        Comparison(
+            "A feature extractor saves compute",
+            label(extractor),
+            label(finetune),
+            results.seconds(extractor),
+            results.seconds(finetune),
+            "lower",
+            "seconds",
+            "sec/epoch, training only",
+        ),
+        Comparison(
+            "(context) fine-tuning from ImageNet beats training from scratch",
+            label(finetune),
+            label(scratch),
+            results.auc(finetune),
+            results.auc(scratch),
+            "higher",
+            "auc",
+        ),
     ]
     notes = pretrained_note(results, ["extractor", "finetune"])
     if not re.match(r"(resnet|inception)", backbone):
@@ -480,10 +542,17 @@ def analyse_modes(results: Results, out_dir: Path) -> Analysis:
 def analyse_stepwise(results: Results, out_dir: Path) -> Analysis:
     """Qu et al. 2018: ImageNet -> intermediate data -> target against ImageNet -> target."""
     stepwise, direct = results.one("stepwise"), results.one("direct")
-    label = lambda r: "" if r is None else str(r["run"])  # noqa: E731
+    label = lambda r: "" if r is None else str(r["run"])
     comparisons = [
-        Comparison("Stepwise fine-tuning (ImageNet -> intermediate -> target) beats fine-tuning ImageNet weights on the target directly",
-                   label(stepwise), label(direct), results.auc(stepwise), results.auc(direct), "higher", "auc"),
+        Comparison(
+            "Stepwise fine-tuning (ImageNet -> intermediate -> target) beats fine-tuning ImageNet weights on the target directly",
+            label(stepwise),
+            label(direct),
+            results.auc(stepwise),
+            results.auc(direct),
+            "higher",
+            "auc",
+        ),
     ]
     notes = pretrained_note(results, ["intermediate", "direct"])
     for run in results.study.runs:
@@ -502,22 +571,46 @@ def analyse_stepwise(results: Results, out_dir: Path) -> Analysis:
 def analyse_fusion(results: Results, out_dir: Path) -> Analysis:
     """TransMed (Dai, Gao & Liu 2021): transformer fusion against simpler fusion and single modalities."""
     transmed = results.one("transmed")
-    label = lambda r: "" if r is None else str(r["run"])  # noqa: E731
+    label = lambda r: "" if r is None else str(r["run"])
     comparisons = []
-    for role, what in (("late_fusion", "late fusion of the same stem"), ("mrnet", "MRNet (a CNN per modality, max over slices)"),
-                       ("cnn3d", "a 3D CNN")):
+    for role, what in (
+        ("late_fusion", "late fusion of the same stem"),
+        ("mrnet", "MRNet (a CNN per modality, max over slices)"),
+        ("cnn3d", "a 3D CNN"),
+    ):
         for other in results.rows(role, ok=False):
             row = other if other["status"] == "ok" else None
-            comparisons.append(Comparison(f"Transformer fusion beats {what}", label(transmed), str(other["run"]),
-                                          results.auc(transmed), results.auc(row), "higher", "auc"))
+            comparisons.append(
+                Comparison(
+                    f"Transformer fusion beats {what}",
+                    label(transmed),
+                    str(other["run"]),
+                    results.auc(transmed),
+                    results.auc(row),
+                    "higher",
+                    "auc",
+                )
+            )
     single = results.best(results.rows("single"))
-    comparisons.append(Comparison("Fusing all modalities beats the best single modality", label(transmed), label(single),
-                                  results.auc(transmed), results.auc(single), "higher", "auc",
-                                  "the best single modality is chosen on the same split, which favours it"))
+    comparisons.append(
+        Comparison(
+            "Fusing all modalities beats the best single modality",
+            label(transmed),
+            label(single),
+            results.auc(transmed),
+            results.auc(single),
+            "higher",
+            "auc",
+            "the best single modality is chosen on the same split, which favours it",
+        )
+    )
     figure = out_dir / "fusion.png"
     plot_panels(results, figure, [("AUC", results.auc), ("sec/epoch", results.seconds)], results.study.title)
-    return Analysis(comparisons, pretrained_note(results, ["transmed", "late_fusion", "mrnet", "single"]),
-                    figures=[("AUC and seconds per epoch per model", figure)])
+    return Analysis(
+        comparisons,
+        pretrained_note(results, ["transmed", "late_fusion", "mrnet", "single"]),
+        figures=[("AUC and seconds per epoch per model", figure)],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +624,7 @@ UAP_SETTINGS = {
     "delta": 0.2,
     "random_trials": 5,
     "natural_images": "sample",  # a folder of photos, or "sample": matplotlib's (and scikit-image's) bundled photos
-    "crops": 16,  # random crops per sample photo
+    "crops": 48,  # random crops per sample photo
 }
 SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "coffee", "rocket", "grass", "gravel", "brick")
 
@@ -549,7 +642,7 @@ def sample_photos() -> list[tuple[str, Any]]:
     for name in SKIMAGE_PHOTOS:
         try:
             array = np.asarray(getattr(data, name)())
-        except Exception:  # noqa: BLE001 - not bundled in this version, or needs a download
+        except Exception:  # noqa: BLE001, S112 - not bundled in this version, or needs a download
             continue
         image = Image.fromarray(array.astype(np.uint8) if array.dtype != np.uint8 else array)
         photos.append((name, image.convert("L")))
@@ -593,7 +686,8 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
     s = study.settings
     checkpoint = run_dir / "checkpoints" / "best.pt"
     split = "test" if has_split(cfg, "test") else "valid"
-    common = dict(norm=s["norm"], split=split, step=s["step"], max_iter=int(s["max_iter"]), delta=s["delta"], random_trials=int(s["random_trials"]))
+    common = {"norm": s["norm"], "split": split, "step": s["step"], "max_iter": int(s["max_iter"]), "delta": s["delta"]}
+    common["random_trials"] = int(s["random_trials"])
     results = {}
     train_dir = run_dir / "uap-train"
     if not (train_dir / "uap.json").exists():  # a rerun (train.resume=auto) keeps what was measured
@@ -613,8 +707,14 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
         random = wilson_interval(round(result["random_fooling_rate"] * n * trials), n * trials)
         for name, interval in ((f"fooling/{source}", fooled), (f"random/{source}", random)):
             row.update({name: interval.value, f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high})
-        row.update({f"uap/{source}/radius": result["settings"]["radius"], f"uap/{source}/zeta": result["settings"]["zeta"],
-                    f"uap/{source}/passes": result["settings"]["passes"], "uap/n_eval": n})
+        row.update(
+            {
+                f"uap/{source}/radius": result["settings"]["radius"],
+                f"uap/{source}/zeta": result["settings"]["zeta"],
+                f"uap/{source}/passes": result["settings"]["passes"],
+                "uap/n_eval": n,
+            }
+        )
         if "auc" in result:
             row.update({"auc/clean": result["auc"]["clean"], f"auc/{source}_uap": result["auc"]["uap"]})
     return row
@@ -623,37 +723,72 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
 def analyse_uap(results: Results, out_dir: Path) -> Analysis:
     """Minagi, Hirano & Takemoto 2022: natural-image UAPs against random and training-image ones, pretrained and from scratch."""
     pretrained, scratch = results.one("pretrained"), results.one("scratch")
-    label = lambda r: "" if r is None else str(r["run"])  # noqa: E731
+    label = lambda r: "" if r is None else str(r["run"])
 
-    def rate(row: Optional[pd.Series], name: str) -> Interval:
+    def rate(row: pd.Series | None, name: str) -> Interval:
         if row is None or f"{name}_ci_low" not in row or pd.isna(row.get(name)):
             return NAN
         return Interval(float(row[name]), float(row[f"{name}_ci_low"]), float(row[f"{name}_ci_high"]))
 
     p, s = label(pretrained), label(scratch)
     comparisons = [
-        Comparison("Natural-image UAPs fool far more often than random perturbations of the same norm (pretrained)",
-                   f"{p} natural UAP", f"{p} random", rate(pretrained, "fooling/natural"), rate(pretrained, "random/natural"), "higher", "rate"),
-        Comparison("... and a little less often than UAPs from the training images (pretrained)",
-                   f"{p} natural UAP", f"{p} training UAP", rate(pretrained, "fooling/natural"), rate(pretrained, "fooling/train"), "lower", "rate"),
-        Comparison("Training from scratch reduces the vulnerability to natural-image UAPs",
-                   f"{s} natural UAP", f"{p} natural UAP", rate(scratch, "fooling/natural"), rate(pretrained, "fooling/natural"), "lower", "rate"),
-        Comparison("... but does not remove it: natural-image UAPs still beat random (from scratch)",
-                   f"{s} natural UAP", f"{s} random", rate(scratch, "fooling/natural"), rate(scratch, "random/natural"), "higher", "rate"),
+        Comparison(
+            "Natural-image UAPs fool far more often than random perturbations of the same norm (pretrained)",
+            f"{p} natural UAP",
+            f"{p} random",
+            rate(pretrained, "fooling/natural"),
+            rate(pretrained, "random/natural"),
+            "higher",
+            "rate",
+        ),
+        Comparison(
+            "... and a little less often than UAPs from the training images (pretrained)",
+            f"{p} natural UAP",
+            f"{p} training UAP",
+            rate(pretrained, "fooling/natural"),
+            rate(pretrained, "fooling/train"),
+            "lower",
+            "rate",
+        ),
+        Comparison(
+            "Training from scratch reduces the vulnerability to natural-image UAPs",
+            f"{s} natural UAP",
+            f"{p} natural UAP",
+            rate(scratch, "fooling/natural"),
+            rate(pretrained, "fooling/natural"),
+            "lower",
+            "rate",
+        ),
+        Comparison(
+            "... but does not remove it: natural-image UAPs still beat random (from scratch)",
+            f"{s} natural UAP",
+            f"{s} random",
+            rate(scratch, "fooling/natural"),
+            rate(scratch, "random/natural"),
+            "higher",
+            "rate",
+        ),
     ]
     rows = []
     for row in results.rows(ok=False):
         for source, what in (("train", "training studies"), ("natural", "natural images")):
             if pd.isna(row.get(f"fooling/{source}", np.nan)):
                 continue
-            rows.append({
-                "run": row["run"], "role": row["role"], "UAP from": what,
-                "radius": row[f"uap/{source}/radius"], "zeta": row[f"uap/{source}/zeta"],
-                "fooling rate [95% CI]": rate(row, f"fooling/{source}").text(),
-                "random, same norm [95% CI]": rate(row, f"random/{source}").text(),
-                "AUC clean": row.get("auc/clean"), "AUC with UAP": row.get(f"auc/{source}_uap"),
-                "passes": row[f"uap/{source}/passes"], "studies": row["uap/n_eval"],
-            })
+            rows.append(
+                {
+                    "run": row["run"],
+                    "role": row["role"],
+                    "UAP from": what,
+                    "radius": row[f"uap/{source}/radius"],
+                    "zeta": row[f"uap/{source}/zeta"],
+                    "fooling rate [95% CI]": rate(row, f"fooling/{source}").text(),
+                    "random, same norm [95% CI]": rate(row, f"random/{source}").text(),
+                    "AUC clean": row.get("auc/clean"),
+                    "AUC with UAP": row.get(f"auc/{source}_uap"),
+                    "passes": row[f"uap/{source}/passes"],
+                    "studies": row["uap/n_eval"],
+                }
+            )
     formats = {"radius": ".3g", "zeta": ".3g", "AUC clean": ".3f", "AUC with UAP": ".3f", "passes": "d", "studies": "d"}
     tables = [("Fooling rates", markdown_table(rows, formats=formats) if rows else "no UAP was measured")]
     split = next((str(r["uap/split"]) for r in results.rows() if isinstance(r.get("uap/split"), str)), "valid")
@@ -664,7 +799,11 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
         f"with a Wilson 95% interval; the random control pools its {s_['random_trials']} perturbations. Both UAPs have the same "
         f"{s_['norm']} norm, zeta={s_['zeta']:g} times the mean norm of a training slice image (the natural UAP's zeta is rescaled "
         f"to its own inputs' norm). Natural images: `{s_['natural_images']}`"
-        + (f" ({s_['crops']} random crops per photo of matplotlib's, and where installed scikit-image's, sample photos)." if s_["natural_images"] == "sample" else ".")
+        + (
+            f" ({s_['crops']} random crops per photo of matplotlib's, and where installed scikit-image's, sample photos)."
+            if s_["natural_images"] == "sample"
+            else "."
+        )
     )
     figure = out_dir / "uap.png"
     plot_fooling(results, figure, rate)
@@ -684,7 +823,7 @@ KINDS: dict[str, Kind] = {
 # Plots
 
 
-def _errorbars(ax, labels: list[str], intervals: list[Interval], xlabel: str, xlim: Optional[tuple[float, float]] = None) -> None:
+def _errorbars(ax, labels: list[str], intervals: list[Interval], xlabel: str, xlim: tuple[float, float] | None = None) -> None:
     y = np.arange(len(labels))[::-1]
     for yi, interval in zip(y, intervals):
         if not interval.measured:
@@ -711,13 +850,18 @@ def plot_panels(results: Results, path: Path, panels: list[tuple[str, Callable]]
     for ax, (name, measure) in zip(axes, panels):
         intervals = [measure(r) if r["status"] == "ok" else NAN for r in rows]
         split = results.auc_key.split("/")[0]
-        _errorbars(ax, labels, intervals, f"{split} {name} (95% interval)" if name == "AUC" else f"{name} (95% t-interval)",
-                   (0, 1.02) if name == "AUC" else None)
+        _errorbars(
+            ax,
+            labels,
+            intervals,
+            f"{split} {name} (95% interval)" if name == "AUC" else f"{name} (95% t-interval)",
+            (0, 1.02) if name == "AUC" else None,
+        )
         if name == "AUC":
             ax.axvline(0.5, color="grey", lw=0.5, ls="--")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 def plot_fooling(results: Results, path: Path, rate: Callable) -> None:
@@ -733,7 +877,7 @@ def plot_fooling(results: Results, path: Path, rate: Callable) -> None:
     _errorbars(ax, labels, intervals, "fooling rate (95% Wilson interval)", (0, 1.02))
     ax.set_title(results.study.title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -754,8 +898,8 @@ def auc_key(frame: pd.DataFrame) -> str:
 def run_study(
     path: str | Path,
     overrides: Sequence[str] = (),
-    base: Optional[str] = None,
-    group: Optional[str] = None,
+    base: str | None = None,
+    group: str | None = None,
     quick: bool = False,
     n_bootstrap: int = 1000,
 ) -> tuple[Path, pd.DataFrame]:
@@ -775,7 +919,7 @@ def run_study(
             seconds = seconds_interval(run_dir)
             row.update({"sec/epoch_ci_low": seconds.low, "sec/epoch_ci_high": seconds.high})
             if kind.measure is not None:
-                extra = attempt(lambda: kind.measure(run_dir, cfg, study, out_dir))
+                extra = attempt(lambda run_dir=run_dir, cfg=cfg: kind.measure(run_dir, cfg, study, out_dir))
                 if extra["status"] == "ok":
                     row.update({k: v for k, v in extra.items() if k != "status"})
                 else:
@@ -840,10 +984,12 @@ def write_report(results: Results, analysis: Analysis, out_dir: Path) -> Path:
         "",
         markdown_table([c.row() for c in analysis.comparisons], columns=["claim", "compared", "measured", "difference", "verdict", "note"]),
         "",
-        f"Verdicts: {sum(v == HOLDS for v in verdicts)} hold, {sum(v == FAILS for v in verdicts)} do not hold, "
-        f"{sum(v.startswith(INCONCLUSIVE) for v in verdicts)} inconclusive, {sum(v == NOT_MEASURED for v in verdicts)} not measured. "
-        "A verdict compares the two 95% intervals: it states a direction only when they are apart; where they overlap "
-        "it is inconclusive (a difference is neither shown nor excluded).",
+        (
+            f"Verdicts: {sum(v == HOLDS for v in verdicts)} hold, {sum(v == FAILS for v in verdicts)} do not hold, "
+            f"{sum(v.startswith(INCONCLUSIVE) for v in verdicts)} inconclusive, {sum(v == NOT_MEASURED for v in verdicts)} not measured. "
+            "A verdict compares the two 95% intervals: it states a direction only when they are apart; where they overlap "
+            "it is inconclusive (a difference is neither shown nor excluded)."
+        ),
         "",
         *[f"- {note}" for note in analysis.notes],
         "",
@@ -851,8 +997,10 @@ def write_report(results: Results, analysis: Analysis, out_dir: Path) -> Path:
         "",
         measured_table(results),
         "",
-        f"{split_note} Seconds per epoch: training only, mean over epochs with a 95% t-interval; they depend on what "
-        "else the machine runs, so compare them from one otherwise idle machine.",
+        (
+            f"{split_note} Seconds per epoch: training only, mean over epochs with a 95% t-interval; they depend on what "
+            "else the machine runs, so compare them from one otherwise idle machine."
+        ),
         "",
     ]
     for heading, table in analysis.tables:
@@ -877,10 +1025,23 @@ def log_study(results: Results, analysis: Analysis, out_dir: Path) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
     study = results.study
     run = wandb.init(
-        mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity, group=study.group, name=f"{study.group}/report",
-        job_type="study", dir=str(out_dir), tags=[f"study={study.kind}"], reinit="finish_previous",
-        config={"study": study.kind, "file": str(study.path), "base": study.base, "overrides": study.overrides, "quick": study.quick,
-                "settings": study.settings},
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=study.group,
+        name=f"{study.group}/report",
+        job_type="study",
+        dir=str(out_dir),
+        tags=[f"study={study.kind}"],
+        reinit="finish_previous",
+        config={
+            "study": study.kind,
+            "file": str(study.path),
+            "base": study.base,
+            "overrides": study.overrides,
+            "quick": study.quick,
+            "settings": study.settings,
+        },
     )
     frame = results.frame.astype(object).where(results.frame.notna(), None).astype(str)
     claims = pd.DataFrame([c.row() for c in analysis.comparisons])

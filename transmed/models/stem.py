@@ -82,7 +82,7 @@ def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) 
         stages = len(timm.create_model(backbone, features_only=True).feature_info)
         raise ConfigError(
             f"invalid value for config key 'model.stem_stage': {stage}; backbone '{backbone}' has {stages} feature stages, "
-            f"use -1 (the last) or 0..{stages - 1}"
+            f"use 0..{stages - 1}, or -1 (the last) .. -{stages}"
         ) from None
     except RuntimeError as err:
         if "Unknown model" in str(err):
