@@ -66,6 +66,7 @@ RUN_KEYS = ("name", "role", "set")
 QUICK_KEYS = ("overrides", "settings")
 EACH = "each"
 RUN_REF = "run:"
+MAX_TAG = 64  # W&B refuses longer tags
 Z95 = 1.959963984540054
 
 
@@ -78,6 +79,7 @@ class StudyRun:
     name: str
     role: str
     values: dict[str, Any]  # key -> value, `each` expanded, `run:NAME` resolved to a checkpoint path
+    shown: dict[str, str] = field(default_factory=dict)  # key -> value as the file wrote it (`run:NAME`), for tags
 
 
 @dataclass
@@ -217,7 +219,8 @@ def load_study(
             raise ConfigError(f"study file {path}: run '{entry['name']}': 'set' must be a mapping of key: value")
     plain, scoped = split_scoped(overrides, {str(e["name"]) for e in entries} | {str(e["role"]) for e in entries})
     all_overrides = [*file_overrides, *plain]
-    base_cfg = lambda extra: load_config(base, [*all_overrides, *extra])
+    # the base config as the runs see it (a run name, so train.resume=auto validates; nothing is written)
+    base_cfg = lambda extra: load_config(base, [*all_overrides, *extra, f"run_name={group}/base"])
     output_dir = base_cfg([]).output_dir
 
     runs: list[StudyRun] = []
@@ -227,13 +230,14 @@ def load_study(
         for name, values in expand_run(entry, lambda extra, own=own: base_cfg([*extra, *own])):
             if any(run.name == name for run in runs):
                 raise ConfigError(f"study file {path}: two runs are named '{name}'")
+            shown = {key: format_value(value) for key, value in values.items()}
             for key, value in values.items():
                 if isinstance(value, str) and value.startswith(RUN_REF):
                     ref = value[len(RUN_REF) :]
                     if not any(run.name == ref for run in runs):
                         raise ConfigError(f"study file {path}: run '{name}': {key}: {value}: no earlier run is named '{ref}'")
                     values[key] = str(Path(output_dir) / group / ref / "checkpoints" / "best.pt")
-            runs.append(StudyRun(name, str(entry["role"]), values))
+            runs.append(StudyRun(name, str(entry["role"]), values, shown))
             per_run[name] = own  # expanded runs keep their entry's
     missing = [role for role in analysis.required if not any(run.role == role for run in runs)]
     if missing:
@@ -261,8 +265,8 @@ def study_configs(study: Study) -> list[DictConfig]:
         values = [f"{key}={format_value(value)}" for key, value in run.values.items()]
         cfg = load_config(study.base, [*study.overrides, *values, *study.scoped.get(run.name, []), f"run_name={study.group}/{run.name}"])
         cfg.wandb.group = study.group
-        tags = [f"study={study.kind}", f"role={run.role}", *(f"{key}={format_value(value)}" for key, value in run.values.items())]
-        cfg.wandb.tags = [*cfg.wandb.tags, *tags]
+        tags = [f"study={study.kind}", f"role={run.role}", *(f"{key}={value}" for key, value in run.shown.items())]
+        cfg.wandb.tags = [*cfg.wandb.tags, *(tag if len(tag) <= MAX_TAG else tag[: MAX_TAG - 3] + "..." for tag in tags)]
         configs.append(cfg)
     return configs
 
@@ -408,7 +412,8 @@ class Results:
         return max(rows, key=lambda r: float(r[self.auc_key])) if rows else None
 
     def one(self, role: str) -> pd.Series | None:
-        rows = self.rows(role)
+        """The first run of `role`, finished or not (a failed run's measures are missing: "not measured")."""
+        rows = self.rows(role, ok=False)
         return rows[0] if rows else None
 
 
@@ -453,11 +458,11 @@ def pretrained_note(results: Results, roles: Sequence[str]) -> list[str]:
 
 def analyse_depth(results: Results, out_dir: Path) -> Analysis:
     """Kandel & Castelli 2020: the top blocks only against the whole network, and the time it takes."""
-    imagenet = results.rows("imagenet")
+    imagenet = results.rows("imagenet", ok=False)
     full = next((r for r in imagenet if str(r["model.trainable_blocks"]) == "all"), None)
-    partial = results.best([r for r in imagenet if str(r["model.trainable_blocks"]) != "all"])
+    partial = results.best([r for r in imagenet if str(r["model.trainable_blocks"]) != "all" and r["status"] == "ok"])
     scratch = results.one("scratch")
-    label = lambda r: "" if r is None else str(r["run"])
+    label = lambda r: "best partial depth" if r is None else str(r["run"])
     select = "the best partial depth is chosen on the same split, which favours it"
     comparisons = [
         Comparison(
@@ -596,7 +601,7 @@ def analyse_fusion(results: Results, out_dir: Path) -> Analysis:
         Comparison(
             "Fusing all modalities beats the best single modality",
             label(transmed),
-            label(single),
+            "best single modality" if single is None else str(single["run"]),
             results.auc(transmed),
             results.auc(single),
             "higher",
