@@ -102,6 +102,8 @@ def test_run_scoped_overrides_apply_to_that_run_after_its_set():
     assert intermediate.data.root == "/elsewhere" and stepwise.data.root == direct.data.root != "/elsewhere"
     assert direct.train.lr == 0.5 and stepwise.train.lr != 0.5
     assert {cfg.train.epochs for cfg in (intermediate, stepwise, direct)} == {2}
+    resumed = study_configs(load_study(path, ["train.resume=auto"], base=DEMO))  # finishing a study names no run
+    assert [cfg.run_name for cfg in resumed] == [f"study-stepwise/{name}" for name in ("intermediate", "stepwise", "direct")]
     with pytest.raises(ConfigError, match="'nobody' is no run name or role"):
         load_study(path, ["nobody:train.lr=1"], base=DEMO)
 

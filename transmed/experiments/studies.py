@@ -754,6 +754,7 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
             rate(pretrained, "fooling/train"),
             "lower",
             "rate",
+            "the verdict is the direction; 'a little' is the size of the difference",
         ),
         Comparison(
             "Training from scratch reduces the vulnerability to natural-image UAPs",

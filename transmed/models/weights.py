@@ -176,7 +176,9 @@ def map_state_dict(
             raise WeightsError(
                 f"{where}: by position, tensor {i} is '{a_name}' {_shape(a)} in the file but '{b_name}' {_shape(b)} in the backbone"
             )
-    first = f"'{src_names[len(tgt)]}' is left over in the file" if len(src) > len(tgt) else f"'{tgt_names[len(src)]}' is missing from the file"
+    first = (
+        f"'{src_names[len(tgt)]}' is left over in the file" if len(src) > len(tgt) else f"'{tgt_names[len(src)]}' is missing from the file"
+    )
     raise WeightsError(f"{where}: by position, the file has {len(src)} tensors, the backbone {len(tgt)}: {first}")
 
 
