@@ -106,7 +106,7 @@ def test_loader_augmentation_keeps_the_cache_compact(tiny_cfg, tmp_path, cache_d
     extra = {"data.augment_on": "loader", **({"data.cache_dir": str(tmp_path / "c")} if cache_dir else {})}
     cfg = tiny_cfg(**extra)
     ds = build_dataset(cfg, "train", train=True)
-    cached = torch.load(next(cache_folder(cfg).glob("*.pt")), weights_only=False) if cache_dir else ds._cache[0]
+    cached = torch.load(next(cache_folder(cfg).glob("*.pt")), weights_only=True) if cache_dir else ds._cache[0]
     assert cached["axial"].dtype == torch.uint8
     ds.transform.set_random_state(0)
     item = ds[0]
