@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.transforms import Affine
 
+from transmed.data.collate import to_device, to_float
 from transmed.data.augment import RANGES, BatchAugment, apply_params, augment_batch, draw_params, sampling_grid, training_augment
 
 
@@ -98,10 +99,27 @@ def test_reproducible_from_epoch_seed_and_rank():
     assert not torch.equal(first, BatchAugment("cpu", epoch_seed=42002)(x, mask))
 
 
-def test_augment_batch_wants_the_float_batch():
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float16])
+def test_a_stored_batch_augments_as_its_float_form(batched, dtype):
+    """The conversion is fused into the augmentation: a compact batch gives what its float32 form (`to_float`) gives."""
+    x, mask = _batch(b=8, size=32)
+    stored = (x.clamp(0, 1) * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(torch.float16)
+    for seed in range(3):
+        params = draw_params(len(x), (32, 32), torch.Generator().manual_seed(seed))
+        out = apply_params(stored, mask, params, batched=batched)
+        assert out.dtype == torch.float32
+        assert torch.allclose(out, apply_params(to_float(stored), mask, params, batched=batched), atol=1e-5)
+        assert torch.equal(out[~mask], to_float(stored)[~mask])
+
+
+def test_to_device_with_augment_is_the_augmented_float_batch():
     x, mask = _batch()
-    with pytest.raises(TypeError, match="float batch"):
-        augment_batch((x.clamp(0, 1) * 255).to(torch.uint8), mask)
+    batch = {"x": (x.clamp(0, 1) * 255).round().to(torch.uint8), "mask": mask}
+    got, got_mask = to_device(batch, "cpu", BatchAugment("cpu", epoch_seed=7))
+    assert torch.equal(got_mask, mask) and got.dtype == torch.float32
+    assert torch.allclose(got, BatchAugment("cpu", epoch_seed=7)(to_float(batch["x"]), mask), atol=1e-6)
+    assert torch.equal(to_device(batch, "cpu")[0], to_float(batch["x"]))  # without augment: the conversion only
 
 
 def test_training_augment_follows_the_config(tiny_cfg):

@@ -183,8 +183,8 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path, monkeypatch):
     assert (old["dtype"], new["dtype"]) == ("float32", "uint8") and old["studies"] == new["studies"] == 4
     assert new["bytes_memory"] == pytest.approx(old["bytes_memory"] / 4) and new["bytes_disk"] < old["bytes_disk"]
     assert loader["comparison"]["bytes_ratio"] == pytest.approx(0.25) and loader["comparison"]["bytes_verdict"] == "meets"
-    assert new["augment_ms_per_study"] > 0 and old["augment_ms_per_study"] == 0 and len(old["epoch_rounds"]) == 2
-    assert new["device_ms_per_study"] >= new["augment_ms_per_study"] and new["loader_only_studies_per_s"] > new["studies_per_s"]
+    assert len(old["epoch_rounds"]) == 2 and new["device_ms_per_study"] > old["device_ms_per_study"] > 0  # the new path augments there
+    assert new["loader_only_studies_per_s"] > new["studies_per_s"]
     assert loader["extrapolation"]["new_studies_per_s"] == pytest.approx(15 * new["loader_only_studies_per_s"])
 
     rss = result["rss"]

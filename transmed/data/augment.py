@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .collate import UINT8_SCALE, to_float
+
 RANGES = {
     "flip_prob": 0.5,  # left-right (the last axis)
     "affine_prob": 0.7,
@@ -91,49 +93,60 @@ def _warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 def _apply_batched(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
     """Whole-batch tensor ops, no host synchronisation: for GPUs."""
+    x = to_float(x)
     b, h, w = x.shape[0], *x.shape[-2:]
     view = (b, 1, 1, 1, 1)
     out = torch.where(params["flip"].view(view), x.flip(-1), x)
     warped = _warp(out.flatten(1, 2), sampling_grid(params["angle"], params["scale"], params["shift"], (h, w))).view_as(out)
     out = torch.where(params["affine"].view(view), warped, out)
-    out = out * params["gain"].view(view).to(x.dtype) + params["offset"].view(view).to(x.dtype)
+    out = out * params["gain"].view(view) + params["offset"].view(view)
     return torch.where(mask[..., None, None], out, x)
 
 
+def _as_float(slices: torch.Tensor, gain: float) -> torch.Tensor:
+    """(R, H, W) stored slices -> a new float32 tensor of intensity * gain (`collate.to_float`, the gain folded in)."""
+    if slices.dtype == torch.uint8:
+        return slices.float().mul_(gain / UINT8_SCALE)  # two vectorised passes; uint8 * float in one op is not vectorised
+    return slices.float().mul_(gain) if slices.dtype != torch.float32 else torch.mul(slices, gain)
+
+
 def _apply_per_study(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
-    """One study at a time, in place where possible, the flip folded into the warp: for CPUs, where
-    each pass over the batch costs memory bandwidth. Equal to `_apply_batched` up to rounding."""
+    """One study at a time, over its real slices only: for CPUs, where every pass over the batch costs memory bandwidth.
+
+    A study's real slices (of every modality) are gathered into one stack, converted to float with the
+    intensity gain folded in (the warp is linear and pads with zeros, so the gain commutes with it),
+    warped by one `grid_sample` with the flip folded into its grid (or only flipped), offset in place
+    and written back; padded slices are only converted. Equal to `_apply_batched` up to rounding.
+    """
     b, m, s, h, w = x.shape
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     flips, affines = params["flip"].tolist(), params["affine"].tolist()
     gains, offsets = params["gain"].tolist(), params["offset"].tolist()
     for i in range(b):
-        study = x[i]
+        study, target, real = x[i].reshape(m * s, h, w), out[i].view(m * s, h, w), mask[i].flatten()
+        padded = (~real).nonzero()[:, 0]
+        if len(padded):
+            target.index_copy_(0, padded, to_float(study.index_select(0, padded)))  # padding: as it came, in float
+        if len(padded) == m * s:
+            continue
+        keep = real.nonzero()[:, 0]
+        slices = study if not len(padded) else study.index_select(0, keep)  # (R, H, W): every modality's real slices
         if affines[i]:
             grid = sampling_grid(
                 params["angle"][i : i + 1], params["scale"][i : i + 1], params["shift"][i : i + 1], (h, w), params["flip"][i : i + 1]
             )
-            changed = _warp(study.reshape(1, m * s, h, w), grid).view(m, s, h, w)
-        elif flips[i]:
-            changed = study.flip(-1)
-        elif gains[i] == 1 and offsets[i] == 0:
-            out[i] = study
-            continue
+            changed = _warp(_as_float(slices, gains[i])[None], grid)[0]
         else:
-            changed = study.clone()
-        if gains[i] != 1:
-            changed.mul_(gains[i])
+            changed = _as_float(slices.flip(-1) if flips[i] else slices, gains[i])
         if offsets[i] != 0:
             changed.add_(offsets[i])
-        out[i] = changed
-        padded = ~mask[i]
-        if padded.any():
-            out[i][padded] = study[padded]
+        target.index_copy_(0, keep, changed)
     return out
 
 
 def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict, batched: Optional[bool] = None) -> torch.Tensor:
-    """x (B, M, S, H, W) float with each study's drawn flip, affine and intensity change; padding as it came.
+    """x (B, M, S, H, W) as stored (uint8, float16 or float32) -> float32 with each study's drawn flip, affine and
+    intensity change; padding converted (`collate.to_float`) but otherwise as it came.
 
     `batched` (default: on any device but the CPU) picks whole-batch ops over a loop over studies.
     """
@@ -142,13 +155,12 @@ def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict, batched: Opt
 
 
 def augment_batch(x: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """x (B, M, S, H, W) float, mask (B, M, S) -> x with one random spatial and intensity change per study.
+    """x (B, M, S, H, W) as stored, mask (B, M, S) -> float32 x with one random spatial and intensity change per study.
 
-    See the module docstring; padded slices come back unchanged. Runs where `x` is (GPU or CPU);
-    `generator` must live on that device.
+    The float conversion (`collate.to_float`) is part of the augmentation, so a uint8 batch is read once. See the module
+    docstring; padded slices come back converted but unchanged. Runs where `x` is (GPU or CPU); `generator` must live
+    on that device.
     """
-    if not x.is_floating_point():
-        raise TypeError(f"augment_batch needs the float batch (collate.to_device gives it), got {x.dtype}")
     return apply_params(x, mask, draw_params(x.shape[0], tuple(x.shape[-2:]), generator, x.device))
 
 

@@ -7,7 +7,7 @@ place that feeds a batch to a model goes through `to_device`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -26,13 +26,18 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float()
 
 
-def to_device(batch: dict, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(
+    batch: dict, device: torch.device | str, augment: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A collated batch -> (x float32 in [0, 1], mask), both on `device`.
 
-    The batch crosses to the device in its stored type; the float conversion happens there.
+    The batch crosses to the device in its stored type; the float conversion happens there. With
+    `augment` (the trainer's `augment.BatchAugment`), the augmentation makes the float batch from the
+    stored one itself, so a compact batch is read once.
     """
     x = batch["x"].to(device, non_blocking=True)
-    return to_float(x), batch["mask"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    return (to_float(x) if augment is None else augment(x, mask)), mask
 
 
 def pad_collate(batch: Sequence[dict], modalities: Sequence[str]) -> dict:

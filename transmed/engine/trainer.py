@@ -153,10 +153,8 @@ def train_one_epoch(
     desc = f"epoch {epoch}/{cfg.train.epochs}"
     bar = progress(loader, desc=desc, unit="batches") if show_progress else tqdm(loader, disable=True)
     for step, batch in enumerate(bar):
-        x, mask = to_device(batch, device)  # float32 in [0, 1], made on the device
+        x, mask = to_device(batch, device, augment)  # float32 in [0, 1], made (and augmented: one draw per study) there
         y = targets(batch["label"], spec, device)
-        if augment is not None:
-            x = augment(x, mask)  # one random transform per study, padding untouched
         if cfg.train.modality_dropout:
             mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
         with autocast(device, cfg.train.amp):

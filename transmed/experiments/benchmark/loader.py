@@ -161,8 +161,8 @@ def cache_stats(cfg, dataset) -> dict:
 
 class Epoch:
     """One pass of a training loader, as the training loop consumes it: each batch to the device (`to_device`: the
-    float conversion of a compact batch happens there) and, under `data.augment_on=device`, `augment_batch` on it.
-    That device work is timed apart (`device_s`, of which `augment_s`): the rest is what a loader worker does."""
+    float conversion of a compact batch happens there, fused with `augment_batch` under `data.augment_on=device`).
+    That device work is timed apart (`device_s`): the rest is what a loader worker does."""
 
     def __init__(self, cfg, dataset, device: torch.device, device_work: bool = True) -> None:
         from ...data import build_loader
@@ -179,23 +179,18 @@ class Epoch:
     def __call__(self) -> dict:
         from ...data.collate import to_device
 
-        device_s, augment_s, studies = 0.0, 0.0, 0
+        device_s, studies = 0.0, 0
         start = time.perf_counter()
         for batch in self.loader:
             if not self.device_work:  # the loader alone
                 studies += len(batch["id"])
                 continue
             t = time.perf_counter()
-            x, mask = to_device(batch, self.device)
+            x, mask = to_device(batch, self.device, self.augment)
             self._sync()
-            if self.augment is not None:
-                t_augment = time.perf_counter()
-                x = self.augment(x, mask)
-                self._sync()
-                augment_s += time.perf_counter() - t_augment
             device_s += time.perf_counter() - t
             studies += len(x)
-        return {"seconds": time.perf_counter() - start, "device_s": device_s, "augment_s": augment_s, "studies": studies}
+        return {"seconds": time.perf_counter() - start, "device_s": device_s, "studies": studies}
 
 
 # ---------------------------------------------------------------- the loader section
@@ -258,7 +253,6 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
                 studies_per_s_low=row["studies"] / total["high"],
                 studies_per_s_high=row["studies"] / total["low"],
                 loader_only_studies_per_s=row["studies"] / loader_only["median"],
-                augment_ms_per_study=1000 * spread([r["augment_s"] for r in results])["median"] / row["studies"],
                 device_ms_per_study=1000 * spread([r["device_s"] for r in results])["median"] / row["studies"],
                 fill_studies_per_s=row["studies"] / row["build_s"],
                 vs_train=(row["studies"] / total["median"]) / consumed if consumed else None,

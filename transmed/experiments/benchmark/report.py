@@ -214,13 +214,12 @@ def render_loader(result: dict) -> list[str]:
                 "per worker": r.get("per_worker", r["studies_per_s"] if not r["workers"] else None),
                 "loader only": r.get("loader_only_studies_per_s"),
                 "device work ms/study": r.get("device_ms_per_study"),
-                "of which augment": r.get("augment_ms_per_study") if r["path"] == "new" else None,
                 "workers' scaling": pct(r.get("scaling_efficiency")),
                 "x train": r.get("vs_train"),
             }
         )
     formats = {c: ",.1f" for c in ("MiB/study in memory", "MiB/study on disk", "cache fill studies/s", "studies/s", "per worker")}
-    formats.update({"loader only": ",.1f", "device work ms/study": ",.0f", "of which augment": ",.0f", "x train": ",.1f"})
+    formats.update({"loader only": ",.1f", "device work ms/study": ",.0f", "x train": ",.1f"})
     columns = [c for c in (rows[0] if rows else {}) if any(_ok(row[c]) and row[c] != "" for row in rows)]
     c, e, shape = data["comparison"], data["extrapolation"], data["shape"]
     lines = [
@@ -232,7 +231,8 @@ def render_loader(result: dict) -> list[str]:
         "`build_dataset`/`build_loader` as training builds them. Old path: `data.cache_dtype=float32 data.augment_on=loader`; "
         "new path: `data.cache_dtype=auto data.augment_on=device`. Studies/s include the device work on each batch, run on "
         f"this run's {'GPU' if result['machine']['device_type'] == 'cuda' else 'CPU'} (`device work`: `to_device`, where a "
-        "compact batch becomes float, and for the new path `augment_batch`), so one worker's studies/s compare like for like; "
+        "compact batch becomes float, for the new path in one pass with `augment_batch`), so one worker's studies/s compare like "
+        "for like; "
         "`loader only` leaves the device work out: what a loader worker does (on a GPU machine the rest runs on the GPU). "
         "Cache fill: building the dataset (every study preprocessed and written). "
         f"Studies/s: median of {len(data['rows'][0].get('epoch_rounds', [])) or ''} interleaved warm epochs (old, new, old, ...) "
