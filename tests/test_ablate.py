@@ -5,14 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import tiny_nifti_overrides, tiny_overrides
 
 from transmed.commands.ablate import main
-from transmed.experiments.ablation import expand_grid, load_ablation, run_ablation, run_configs
-from transmed.config import ConfigError, load_config
 from transmed.commands.cv import main as cv_main
+from transmed.config import ConfigError, load_config
 from transmed.data import generate_nifti, read_manifest
-
-from conftest import tiny_nifti_overrides, tiny_overrides
+from transmed.experiments.ablation import expand_grid, load_ablation, run_ablation, run_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,3 +117,11 @@ def test_rerun_with_resume_auto_names_every_run(tmp_path, mrnet_root):
     overrides = [item for item in tiny_overrides(mrnet_root, tmp_path) if not item.startswith("run_name=")]
     configs = run_configs(load_ablation(path), [*overrides, "train.resume=auto"])  # no run_name: the ablation names each run
     assert [cfg.run_name for cfg in configs] == ["again/name-mrnet", "again/name-late_fusion"]
+
+
+def test_long_tags_are_cut_to_what_wandb_takes():
+    from transmed.engine.logger import MAX_TAG, wandb_tags
+
+    long = "data.root=/very/long/path/to/a/dataset/" + "x" * 80
+    tags = wandb_tags(["ablation", long])
+    assert tags[0] == "ablation" and len(tags[1]) == MAX_TAG == 64 and tags[1].endswith("...") and long.startswith(tags[1][:-3])

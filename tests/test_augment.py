@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.transforms import Affine
 
+from transmed.data.augment import RANGES, BatchAugment, apply_params, draw_params, sampling_grid, training_augment
 from transmed.data.collate import to_device, to_float
-from transmed.data.augment import RANGES, BatchAugment, apply_params, augment_batch, draw_params, sampling_grid, training_augment
 
 
 def _batch(b=6, m=3, s=5, size=24, seed=0):

@@ -12,13 +12,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from monai.data import CacheDataset
 
 from transmed.commands import main as transmed_main
 from transmed.config import load_config
 from transmed.data import StudyError, build_dataset, generate_mrnet, generate_nifti, read_manifest, skipped_studies
-
-from conftest import TINY_BACKBONE
 
 ROOT = Path(__file__).resolve().parents[1]
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"

@@ -268,6 +268,7 @@ def test_bench_usage_errors(tmp_path):
 def test_old_spelling_runs_the_command(monkeypatch, capsys):
     """`python -m transmed.bench ...` is the command's shim: same arguments, one-line errors."""
     monkeypatch.setattr(sys, "argv", ["transmed/bench.py", "--models", "nope"])
+    monkeypatch.delitem(sys.modules, "transmed.bench", raising=False)  # imported by an earlier test: runpy would warn
     with pytest.raises(SystemExit) as err:
         runpy.run_module("transmed.bench", run_name="__main__")
     assert err.value.code == 2 and capsys.readouterr().err.startswith("error: --models: unknown ['nope']")

@@ -176,10 +176,10 @@ def test_mrnet_skip_mode_reports_missing_and_unlabelled_files(tiny_cfg, mrnet_ro
 def test_knee_config_trains_with_auc_per_task(tmp_path):
     from pathlib import Path
 
+    from conftest import TINY_BACKBONE
+
     from transmed.config import load_config
     from transmed.engine import train
-
-    from conftest import TINY_BACKBONE
 
     root = generate_mrnet(tmp_path / "knee", 30, 4, 32, 3, 4, seed=1)  # seed 1: both classes of every task in valid
     overrides = {

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_overrides
 
 from transmed.evaluation.evaluate import evaluate_checkpoint
-
-from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,20 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY_BACKBONE, tiny_overrides
+
 from transmed.config import load_config, to_dict
-from transmed.data import DataError, label_spec
 from transmed.core.checkpoint import save_checkpoint
 from transmed.core.errors import DataError
 from transmed.core.labels import Predictions
-from transmed.evaluation import comparison as C
+from transmed.data import label_spec
 from transmed.evaluation import attribution as X
+from transmed.evaluation import comparison as C
 from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, log_evaluation_run, predictions_frame
-from transmed.models.loading import load_trained
 from transmed.evaluation.metrics import compute_metrics, delong_test, holm_adjust, to_jsonable
 from transmed.evaluation.prediction import study_probabilities
 from transmed.models import TransMed, build_model
+from transmed.models.loading import load_trained
 
 TASKS = ("abnormal", "acl", "meniscus")
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from torch import nn
 
 from transmed import TransMed
@@ -8,8 +9,6 @@ from transmed.core.checkpoint import load_checkpoint, save_checkpoint
 from transmed.engine import train
 from transmed.models import build_model
 from transmed.models.finetune import drop_modalities_at_random, freeze_stem, stem_stages, train_mode
-
-from conftest import TINY_BACKBONE
 
 
 def tiny_model(backbone: str = TINY_BACKBONE) -> TransMed:

@@ -1,11 +1,10 @@
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 
 from transmed import TransMed, create_model, list_models
 from transmed.models.stem import PretrainedWeightsUnavailable
 from transmed.models.tokens import group_slices
-
-from conftest import TINY_BACKBONE
 
 
 def tiny_model(**kw) -> TransMed:

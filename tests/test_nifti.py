@@ -9,14 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_nifti_overrides
 
 from transmed.config import load_config
 from transmed.data import DataError, build_dataset, generate_nifti, label_spec, read_manifest
 from transmed.data.datasets import cache_folder, pipeline, preprocessing
 from transmed.data.nifti import nifti_preprocess
 from transmed.data.synthesis import NIFTI_CLASSES, parotid_phantom, sequence_grids, world_points
-
-from conftest import tiny_nifti_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 NIBABEL_DATA = Path(nib.__file__).parent / "tests" / "data"

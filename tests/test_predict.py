@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from test_evaluation import save_untrained
+
 from transmed.commands._common import run_main
+from transmed.commands.predict import main, split_overrides
 from transmed.evaluation.evaluate import evaluate_checkpoint
 from transmed.evaluation.prediction import predict_study
-from transmed.commands.predict import main, split_overrides
 
 PLANES = ("sagittal", "coronal", "axial")
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from PIL import Image
 
-from conftest import tiny_overrides
 from transmed.commands._common import run_main
 from transmed.core.errors import DataError, ResultExistsError
 from transmed.core.labels import LabelSpec, Predictions

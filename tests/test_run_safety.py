@@ -10,15 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from transmed.config import load_config
-from transmed.core.checkpoint import load_checkpoint
-from transmed.core.errors import NonFiniteLossError, UnsafeCheckpointError
+from transmed.core.checkpoint import export_safetensors, load_checkpoint
+from transmed.core.errors import NonFiniteLossError, RunDirError, UnsafeCheckpointError
 from transmed.engine import train
-from transmed.core.checkpoint import export_safetensors
-from transmed.core.errors import RunDirError
-
-from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,15 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_overrides
 from sklearn.metrics import roc_auc_score
 
 import transmed
-from transmed.core.errors import RunExistsError
+from transmed.core.errors import ResultExistsError, RunExistsError
 from transmed.engine import train
-from transmed.core.errors import ResultExistsError
 from transmed.evaluation.evaluate import evaluate_checkpoint
-
-from conftest import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

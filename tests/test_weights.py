@@ -130,3 +130,18 @@ def test_command_prints_result_and_refuses_in_one_line(tmp_path, capsys):
         run_main(lambda: weights_command.main(["import", str(path), "--out", str(out), "--backbone", FAKE], "transmed weights"))
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.count("\n") == 1 and err.startswith("error: output ")
+
+
+def test_stem_refuses_a_file_it_would_load_nothing_from(tmp_path):
+    """timm loads features_only weights non-strictly: a file in foreign names would leave the stem random."""
+    from transmed.models.stem import create_stem
+
+    state = _fake_state()
+    good = tmp_path / "good.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, good)
+    stem = create_stem(FAKE, good)
+    assert torch.equal(stem.state_dict()["conv_stem.weight"], state["conv_stem.weight"])
+    foreign = tmp_path / "foreign.pth"
+    torch.save({f"_layer{i}": v for i, v in enumerate(state.values())}, foreign)  # a raw package's layout: other names
+    with pytest.raises(WeightsError, match=r"fills 0 of the \d+ tensors of the 'test_efficientnet' stem.*transmed weights import"):
+        create_stem(FAKE, foreign)

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from monai.transforms import (
     Compose,
-    MapTransform,
     EnsureChannelFirstd,
     Flipd,
+    MapTransform,
     Orientationd,
     ResampleToMatchd,
     Resized,

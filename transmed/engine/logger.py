@@ -19,6 +19,14 @@ def _clean(record: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
 
 
+MAX_TAG = 64  # W&B refuses a run whose tags are longer
+
+
+def wandb_tags(tags) -> list[str]:
+    """Tags as W&B takes them: a longer one (a grid value that is a path, say) is cut to 64 characters, ending in "..."."""
+    return [tag if len(tag) <= MAX_TAG else tag[: MAX_TAG - 3] + "..." for tag in map(str, tags)]
+
+
 class RunLogger:
     """Writes the files DESIGN.md promises under the run dir and mirrors them to W&B."""
 
@@ -36,7 +44,7 @@ class RunLogger:
                 project=cfg.wandb.project,
                 entity=cfg.wandb.entity,
                 group=cfg.wandb.group,
-                tags=list(cfg.wandb.tags),
+                tags=wandb_tags(cfg.wandb.tags),
                 name=cfg.run_name,
                 job_type=job_type,
                 dir=str(run_dir),

@@ -18,6 +18,7 @@ from ..core.io import write_json
 from ..core.labels import LabelSpec, Predictions
 from ..data import build_dataset, build_loader, report_skipped
 from ..engine.inference import predict
+from ..engine.logger import wandb_tags
 from ..models.loading import load_trained
 from .metrics import compute_metrics, to_jsonable, youden_thresholds
 from .model_card import robustness_results, split_statistics, write_model_card
@@ -135,7 +136,7 @@ def log_evaluation_run(out: Path, cfg: DictConfig, metrics: dict, training_run_i
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         group=cfg.wandb.group,
-        tags=list(cfg.wandb.tags),
+        tags=wandb_tags(cfg.wandb.tags),
         name=f"{cfg.run_name}-eval-{split}",
         job_type="eval",
         dir=str(out),

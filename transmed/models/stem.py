@@ -77,7 +77,7 @@ def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) 
             raise _unavailable(backbone, "they are not in the local cache and the Hugging Face hub cannot be reached (offline?)")
         kwargs.update(pretrained=True)
     try:
-        return timm.create_model(backbone, **kwargs)
+        stem = timm.create_model(backbone, **kwargs)
     except IndexError:  # out_indices beyond the backbone's feature stages
         stages = len(timm.create_model(backbone, features_only=True).feature_info)
         raise ConfigError(
@@ -94,6 +94,33 @@ def create_stem(backbone: str, pretrained: Pretrained = False, stage: int = -1) 
         raise
     except OSError as err:
         raise _unavailable(backbone, str(err).splitlines()[0]) from err
+    if "pretrained_cfg_overlay" in kwargs:
+        check_loaded(stem, Path(pretrained), backbone)
+    return stem
+
+
+def _flat_name(name: str) -> str:
+    return name.replace(".", "").replace("_", "")  # timm's feature wrappers rename "stages.0" to "stages_0"
+
+
+def check_loaded(stem: nn.Module, path: Path, backbone: str) -> None:
+    """Refuses a weights file of which fewer than half the stem's tensors arrived.
+
+    timm loads a `features_only` model's weights non-strictly, so a file in another naming (a raw
+    package state dict, another backbone's) would leave the stem at its random start with only a warning.
+    """
+    from .weights import SKIPPED_SUFFIX, read_state_dict
+
+    given = {_flat_name(k): v for k, v in read_state_dict(path).items()}
+    own = [(k, v) for k, v in stem.state_dict().items() if not k.endswith(SKIPPED_SUFFIX)]
+    loaded = sum(
+        1 for k, v in own if (ref := given.get(_flat_name(k))) is not None and ref.shape == v.shape and torch.equal(ref.to(v.dtype), v)
+    )
+    if loaded * 2 < len(own):
+        raise WeightsError(
+            f"weights file '{path}' fills {loaded} of the {len(own)} tensors of the '{backbone}' stem (it is not in timm's names for "
+            f"this backbone); convert it first: transmed weights import {path} --backbone {backbone} --out {path.stem}.safetensors"
+        )
 
 
 class CNNStem(nn.Module):

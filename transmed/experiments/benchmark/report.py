@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 from ...core.io import atomic_write, write_json
 from ...core.tables import markdown_table
+from .loader import rss_fits
 from .measure import shared
 from .plan import FUSION_GOAL
 
@@ -315,11 +316,18 @@ def render_rss(result: dict) -> list[str]:
         markdown_table(rows, columns, formats),
         "",
     ]
-    for fit in data["fits"]:
+    for fit in rss_fits(data["rows"]):
+        per_study = fit["bytes_per_study"]
+        others = [
+            f"{what} {fit[key] / MIB:,.2f} MiB (x{fit[key] / per_study:.2f})"
+            for what, key in (("the build's peak", "build_growth_per_study"), ("RSS after the build", "after_build_growth_per_study"))
+            if _ok(fit.get(key))
+        ]
         lines.append(
-            f"- {fit['cache']} cache: RSS grows {fit['growth_per_study'] / MIB:,.2f} MiB per added study against "
-            f"{fit['bytes_per_study'] / MIB:,.2f} MiB cached per study (x{fit['growth_over_bytes']:.2f}): "
-            + ("no faster than bytes per study x studies." if fit["verdict"] == "meets" else "faster than bytes per study x studies.")
+            f"- {fit['cache']} cache: the {fit['measure']} RSS grows {fit['growth_per_study'] / MIB:,.2f} MiB per added study against "
+            f"{per_study / MIB:,.2f} MiB cached per study (x{fit['growth_over_bytes']:.2f}): "
+            + ("no faster than bytes per study x studies" if fit["verdict"] == "meets" else "faster than bytes per study x studies")
+            + (f"; per added study, {' and '.join(others)}." if others else ".")
         )
     return lines + [""]
 
