@@ -569,6 +569,7 @@ def bad_requests(ckpt: Path, root: Path, tmp: Path) -> dict[str, tuple[list[str]
                                          rf"cannot write {re.escape(str(tmp))}: it is a folder"),
         "evaluate_bootstrap_0": (["evaluate", "--checkpoint", str(ckpt), "--bootstrap", "0"], 2, r"--bootstrap 0"),
         "compare_folder_without_evaluations": (["compare", str(tmp)], 1, r"holds no evaluation .*run evaluate\.py"),
+        "compare_missing_folder": (["compare", str(tmp / "none")], 1, r"none does not exist \(or is not a folder\)"),
         "robustness_missing_source": (["robustness", "--checkpoint", str(ckpt), "--source", str(tmp / "none"), "--out", str(tmp / "u")],
                                       1, r"--source folder not found: .*none"),
         "synthetic_into_a_used_folder": (["synthetic", str(tmp / "dataset")], 1, r"dataset already exists and is not an empty folder"),

@@ -31,6 +31,8 @@ class Evaluation:
 def evaluation_folders(path: str | Path) -> list[Path]:
     """An evaluation folder itself, or every `eval-*` folder of a run folder."""
     path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path} does not exist (or is not a folder); give an evaluation folder or a run folder")
     if (path / "metrics.json").is_file():
         return [path]
     found = sorted(p.parent for p in path.glob("eval-*/metrics.json"))
