@@ -568,6 +568,8 @@ def bad_requests(ckpt: Path, root: Path, tmp: Path) -> dict[str, tuple[list[str]
         "predict_json_out_is_a_folder": (["predict", "--checkpoint", str(ckpt), *inputs, "--json-out", str(tmp)], 1,
                                          rf"cannot write {re.escape(str(tmp))}: it is a folder"),
         "evaluate_bootstrap_0": (["evaluate", "--checkpoint", str(ckpt), "--bootstrap", "0"], 2, r"--bootstrap 0"),
+        "ablate_bootstrap_0": (["ablate", str(tmp / "grid.yaml"), "--bootstrap", "0"], 2, r"--bootstrap 0"),  # before any run trains
+        "study_bootstrap_0": (["study", "studies/depth.yaml", "--bootstrap", "0"], 2, r"--bootstrap 0"),
         "compare_folder_without_evaluations": (["compare", str(tmp)], 1, r"holds no evaluation .*run evaluate\.py"),
         "compare_missing_folder": (["compare", str(tmp / "none")], 1, r"none does not exist \(or is not a folder\)"),
         "robustness_missing_source": (["robustness", "--checkpoint", str(ckpt), "--source", str(tmp / "none"), "--out", str(tmp / "u")],

@@ -20,6 +20,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from .core.errors import ConfigError
 
 
+def min_slices_for(slice_mode: str, window: int) -> int:
+    """The fewest slices a stack needs: one slice group (`model.slice_window`) in group mode, else one."""
+    return window if slice_mode == "group" else 1
+
+
 @dataclass
 class SyntheticConfig:
     """Size of the generated dataset for `data.format: synthetic`."""
@@ -267,7 +272,7 @@ def _validate_combinations(cfg: DictConfig) -> None:
             f"invalid value for config key 'model.slice_window': {m.slice_window}; model.slice_mode=group stacks 3 adjacent slices "
             "as the RGB channels, so it must be 3 (or use model.slice_mode=replicate)"
         )
-    need = m.slice_window if m.slice_mode == "group" else 1
+    need = min_slices_for(m.slice_mode, m.slice_window)
     if cfg.data.num_slices is not None and cfg.data.num_slices < need:
         raise ConfigError(
             f"invalid value for config key 'data.num_slices': {cfg.data.num_slices}; must be at least {need} "

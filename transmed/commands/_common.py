@@ -13,7 +13,7 @@ import sys
 import warnings
 from typing import Callable, NoReturn, Optional
 
-from ..core.errors import ConfigError, TransMedError
+from ..core.errors import ConfigError, TransMedError, UsageError
 
 # Warnings the libraries print on every start that say nothing about the user's run.
 KNOWN_HARMLESS = (
@@ -62,3 +62,14 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
 def add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML config file (a bare name such as knee.yaml is looked up in configs/)")
     add_overrides(parser)
+
+
+def add_bootstrap(parser: argparse.ArgumentParser, what: str = "the 95%% intervals") -> None:
+    parser.add_argument("--bootstrap", type=int, default=1000, help=f"bootstrap resamples for {what}")
+
+
+def bootstrap_count(n: int) -> int:
+    """`--bootstrap` checked before any work (a study or ablation would otherwise train every run first)."""
+    if n < 1:
+        raise UsageError(f"--bootstrap {n}: the 95% intervals need at least 1 resample (default 1000)")
+    return n

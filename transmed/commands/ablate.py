@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..experiments.ablation import run_ablation
-from ._common import add_overrides, fail, parser_for
+from ._common import add_bootstrap, add_overrides, bootstrap_count, fail, parser_for
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
@@ -25,10 +25,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("file", help="ablation YAML (base, group, grid)")
     parser.add_argument("--base", default=None, help="config file every run starts from (replaces the file's base)")
     parser.add_argument("--group", default=None, help="W&B group and output folder name (replaces the file's group)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    add_bootstrap(parser)
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)  # options may come after the overrides
-    out_dir, frame = run_ablation(args.file, args.overrides, args.base, args.group, args.bootstrap)
+    out_dir, frame = run_ablation(args.file, args.overrides, args.base, args.group, bootstrap_count(args.bootstrap))
     print((out_dir / "comparison.md").read_text())
     failed = int((frame["status"] != "ok").sum())
     if failed:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..core.errors import UsageError
 from ..evaluation.evaluate import evaluate_checkpoint
-from ._common import add_overrides, parser_for
+from ._common import add_bootstrap, add_overrides, bootstrap_count, parser_for
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
@@ -19,10 +18,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--split", default="valid", choices=["train", "valid", "test"])
     parser.add_argument("--out", default=None, help="output folder (default: {run dir}/eval-{split})")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    add_bootstrap(parser)
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)
-    if args.bootstrap < 1:
-        raise UsageError(f"--bootstrap {args.bootstrap}: the 95% intervals need at least 1 resample (default 1000)")
-    out = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, args.bootstrap)
+    out = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, bootstrap_count(args.bootstrap))
     print(f"evaluation written to {out}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..experiments.studies import run_study
-from ._common import add_overrides, fail, parser_for
+from ._common import add_bootstrap, add_overrides, bootstrap_count, fail, parser_for
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
@@ -26,10 +26,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--base", default=None, help="config file every run starts from (replaces the file's base)")
     parser.add_argument("--group", default=None, help="W&B group and output folder name (replaces the file's group)")
     parser.add_argument("--quick", action="store_true", help="the file's quick settings: short runs for a CPU")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC intervals")
+    add_bootstrap(parser, "the AUC intervals")
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)  # options may come after the overrides
-    out_dir, frame = run_study(args.file, args.overrides, args.base, args.group, args.quick, args.bootstrap)
+    out_dir, frame = run_study(args.file, args.overrides, args.base, args.group, args.quick, bootstrap_count(args.bootstrap))
     print((out_dir / "report.md").read_text())
     failed = int((frame["status"] != "ok").sum())
     if failed:

@@ -6,7 +6,7 @@ import pickle
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -86,19 +86,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
-    """Writes the checkpoint's model weights as safetensors, with its config as JSON metadata."""
+def save_weights(state: dict, out: str | Path, config: dict, label_spec: dict, epoch: Optional[int]) -> Path:
+    """Model weights as safetensors, with the config, label spec and epoch as JSON metadata (what `load_model` reads)."""
     import json
 
     from safetensors.torch import save_file
 
-    ckpt = load_checkpoint(checkpoint)
-    metadata = {
-        "format": FORMAT,
-        "config": json.dumps(ckpt["config"]),
-        "label_spec": json.dumps(ckpt["label_spec"]),
-        "epoch": str(ckpt["epoch"]),
-    }
+    metadata = {"format": FORMAT, "config": json.dumps(config), "label_spec": json.dumps(label_spec), "epoch": str(epoch)}
     out = Path(out)
-    save_file({k: v.contiguous() for k, v in ckpt["model"].items()}, str(out), metadata=metadata)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
     return out
+
+
+def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
+    """Writes the checkpoint's model weights as safetensors, with its config as JSON metadata."""
+    ckpt = load_checkpoint(checkpoint)
+    return save_weights(ckpt["model"], out, ckpt["config"], ckpt["label_spec"], ckpt["epoch"])

@@ -107,7 +107,7 @@ def _as_float(slices: torch.Tensor, gain: float) -> torch.Tensor:
     """(R, H, W) stored slices -> a new float32 tensor of intensity * gain (`collate.to_float`, the gain folded in)."""
     if slices.dtype == torch.uint8:
         return slices.float().mul_(gain / UINT8_SCALE)  # two vectorised passes; uint8 * float in one op is not vectorised
-    return slices.float().mul_(gain) if slices.dtype != torch.float32 else torch.mul(slices, gain)
+    return torch.mul(slices, gain) if slices.dtype == torch.float32 else to_float(slices).mul_(gain)  # to_float refuses ints
 
 
 def _apply_per_study(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:

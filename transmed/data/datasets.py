@@ -23,6 +23,7 @@ from monai.transforms import Compose
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Sampler
 
+from ..config import min_slices_for
 from ..core.errors import DataError
 from ..core.labels import LabelSpec
 from ..core.progress import progress
@@ -31,7 +32,7 @@ from .mrnet import read_mrnet
 from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
 from .screening import OnError, catch_study_error
 from .synthesis import MARKER, generate_mrnet
-from .transforms import CompactStacksd, augment, min_slices_for, mrnet_preprocess
+from .transforms import CompactStacksd, augment, mrnet_preprocess
 
 PREPROCESSING_VERSION = 2  # part of the cache key: bump when a transform's output changes for the same settings
 # 2: stacks cached in `data.cache_dtype` (uint8 / float16 under auto), no longer always float32

@@ -220,8 +220,8 @@ def geometry_problem(path: Path, affine: np.ndarray) -> Optional[str]:
 
         with ImageOpener(path) as f:
             size = f.read(4)
-        nifti2 = 540 in (int.from_bytes(size, "little"), int.from_bytes(size, "big"))  # sizeof_hdr: 348 for NIfTI-1
-        with ImageOpener(path) as f:  # check=False: the header as written, before nibabel's repairs
+            nifti2 = 540 in (int.from_bytes(size, "little"), int.from_bytes(size, "big"))  # sizeof_hdr: 348 for NIfTI-1
+            f.seek(0)  # check=False: the header as written, before nibabel's repairs
             header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(f, check=False)
         ndim = int(header["dim"][0])
         pixdim = np.asarray(header["pixdim"][1 : 1 + min(max(ndim, 1), 3)], dtype=np.float64)

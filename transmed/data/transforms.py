@@ -211,10 +211,6 @@ class PadToSquared(MapTransform):
         return d
 
 
-def min_slices_for(slice_mode: str, window: int) -> int:
-    return window if slice_mode == "group" else 1
-
-
 def finalize(modalities: Sequence[str]) -> Compose:
     """(1, S, H, W) MetaTensor -> plain (S, H, W) float tensor; the last step of every preprocessing."""
     keys = list(modalities)

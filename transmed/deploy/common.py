@@ -13,8 +13,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from ..config import min_slices_for
 from ..core.errors import ResultExistsError, TransMedError
-from ..data.transforms import min_slices_for
 from ..models.transmed import TransMed
 
 TOLERANCE = 1e-4  # largest |logit difference| an exported model may show against PyTorch

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
-from safetensors.torch import save_file
 
 from ..config import to_dict
-from ..core.checkpoint import FORMAT
+from ..core.checkpoint import save_weights
 from ..core.labels import LabelSpec
 from ..models.factory import model_kwargs
 from ..models.hub_reader import CARD_FILE, CONFIG_FILE, HUB_FORMAT, WEIGHTS_FILE, is_hub_folder
@@ -50,11 +49,5 @@ def write_hub_folder(folder: Path, cfg: DictConfig, spec: LabelSpec, state: dict
     folder.mkdir(parents=True, exist_ok=True)
     config = hub_config(cfg, spec, epoch)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    metadata = {
-        "format": FORMAT,
-        "config": json.dumps(config["config"]),
-        "label_spec": json.dumps(config["label_spec"]),
-        "epoch": str(epoch),
-    }
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / WEIGHTS_FILE), metadata=metadata)
+    save_weights(state, folder / WEIGHTS_FILE, config["config"], config["label_spec"], epoch)
     (folder / CARD_FILE).write_text(card)

@@ -159,9 +159,10 @@ def train_one_epoch(
             mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
         with autocast(device, cfg.train.amp):
             loss = criterion(model(x, mask).float(), y)
-        if not torch.isfinite(loss):
+        value = loss.item()  # the step's one host sync
+        if not math.isfinite(value):
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch}, step {step}, studies {batch['id']}; the last good checkpoint is kept"
+                f"loss is {value} at epoch {epoch}, step {step}, studies {batch['id']}; the last good checkpoint is kept"
             )
         (loss / accumulate).backward()
         if (step + 1) % accumulate == 0 or step + 1 == len(loader):
@@ -170,7 +171,7 @@ def train_one_epoch(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        total += loss.item() * len(y)
+        total += value * len(y)
         count += len(y)
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)

@@ -32,13 +32,13 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch import nn
 
+from ..config import min_slices_for
 from ..core.errors import DataError, ResultExistsError
 from ..core.io import write_json
 from ..core.labels import LabelSpec, Predictions
 from ..core.progress import progress
 from ..data import build_dataset, build_loader, pad_collate
 from ..data.collate import to_device, to_float
-from ..data.transforms import min_slices_for
 from ..engine.inference import predict
 from ..engine.scores import point_aucs
 from ..engine.utils import eval_mode

@@ -88,10 +88,20 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     skipped = report_skipped(out / "skipped.json", preds)
     metrics.update(split=split, checkpoint=str(checkpoint), epoch=ckpt["epoch"], skipped=len(skipped))
-    write_json(out / "metrics.json", to_jsonable(metrics))
-    card = dict(checkpoint=checkpoint, epoch=ckpt["epoch"], metrics=to_jsonable(metrics), n_bootstrap=n_bootstrap)
-    splits = split_statistics(cfg, spec, evaluated=(split, preds.labels))
-    write_model_card(out, cfg, spec, model=model, splits=splits, robustness=robustness_results(run_folder(checkpoint)), **card)
+    jsonable = to_jsonable(metrics)
+    write_json(out / "metrics.json", jsonable)
+    write_model_card(
+        out,
+        cfg,
+        spec,
+        checkpoint=checkpoint,
+        epoch=ckpt["epoch"],
+        metrics=jsonable,
+        n_bootstrap=n_bootstrap,
+        model=model,
+        splits=split_statistics(cfg, spec, evaluated=(split, preds.labels)),
+        robustness=robustness_results(run_folder(checkpoint)),
+    )
     predictions_frame(preds, spec).to_csv(out / "predictions.csv", index=False)
     plot_roc(preds.probs, preds.labels, names, spec.kind, out / "roc.png", seed=cfg.seed)
     plot_pr(preds.probs, preds.labels, names, spec.kind, out / "pr.png")

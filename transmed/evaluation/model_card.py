@@ -49,9 +49,10 @@ def split_statistics(cfg: DictConfig, spec: LabelSpec, evaluated: Optional[tuple
     """
     from ..data.datasets import read_manifest
     from ..data.inspection import splits_of
+    from ..data.synthesis import MARKER
 
-    if cfg.data.format == "synthetic" and not Path(str(cfg.data.root)).is_dir():
-        names = []  # reading its manifest would generate the dataset
+    if cfg.data.format == "synthetic" and not (Path(str(cfg.data.root)) / MARKER).is_file():
+        names = []  # reading its manifest would generate the dataset (`ensure_synthetic` tests the same marker)
     else:
         try:
             names = splits_of(cfg)
@@ -191,7 +192,7 @@ def _details(cfg: DictConfig, spec: LabelSpec, model: Optional[nn.Module], check
 
 
 def _io(cfg: DictConfig, spec: LabelSpec) -> str:
-    from ..data.transforms import min_slices_for
+    from ..config import min_slices_for
 
     low = min_slices_for(cfg.model.slice_mode, cfg.model.slice_window)
     prob = "sigmoid per task (independent tasks)" if spec.kind == "multilabel" else "softmax over the classes"

@@ -35,8 +35,6 @@ def check_folds(cfg: DictConfig) -> None:
         raise ConfigError(
             f"cross-validation needs folds, but {cfg.data.root}/labels.csv has a split column, which fixes the validation set"
         )
-    if cfg.data.num_folds < 2:
-        raise ConfigError(f"invalid value for config key 'data.num_folds': {cfg.data.num_folds}; cross-validation needs at least 2")
 
 
 def fold_configs(cfg: DictConfig) -> list[DictConfig]:

@@ -109,10 +109,10 @@ def check_loaded(stem: nn.Module, path: Path, backbone: str) -> None:
     timm loads a `features_only` model's weights non-strictly, so a file in another naming (a raw
     package state dict, another backbone's) would leave the stem at its random start with only a warning.
     """
-    from .weights import SKIPPED_SUFFIX, read_state_dict
+    from .weights import _mappable, read_state_dict
 
     given = {_flat_name(k): v for k, v in read_state_dict(path).items()}
-    own = [(k, v) for k, v in stem.state_dict().items() if not k.endswith(SKIPPED_SUFFIX)]
+    own = _mappable(stem.state_dict())
     loaded = sum(
         1 for k, v in own if (ref := given.get(_flat_name(k))) is not None and ref.shape == v.shape and torch.equal(ref.to(v.dtype), v)
     )

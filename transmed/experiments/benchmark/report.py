@@ -17,7 +17,7 @@ from ...core.io import atomic_write, write_json
 from ...core.tables import markdown_table
 from .loader import rss_fits
 from .measure import shared
-from .plan import FUSION_GOAL
+from .plan import FUSION_GOAL, Plan
 
 SCHEMA = 2
 MIB, GIB = 2**20, 2**30
@@ -305,7 +305,7 @@ def render_rss(result: dict) -> list[str]:
         "### RSS scale",
         "",
         f"Peak RSS of the new path's training loader (dataset build, then one epoch with {data['workers']} loader workers"
-        f"{' as configs/knee.yaml' if data['workers'] == 4 else ''}) over {sizes} synthetic studies ({data['shape']['label']}), each size in a fresh process "
+        f"{' as configs/knee.yaml' if data['workers'] == Plan.rss_workers else ''}) over {sizes} synthetic studies ({data['shape']['label']}), each size in a fresh process "
         "(`ru_maxrss` of that process: the one holding the cache; its workers' largest apart). One set of "
         f"{data['sizes'][-1]:,} studies ({data['source_bytes'] / GIB:.2f} GiB) was generated for the run in "
         f"{data['generation_s']:.0f} s by {data['generation_processes']} processes and deleted after. With the disk cache the "
@@ -316,7 +316,7 @@ def render_rss(result: dict) -> list[str]:
         markdown_table(rows, columns, formats),
         "",
     ]
-    for fit in rss_fits(data["rows"]):
+    for fit in rss_fits(data["rows"]):  # from the rows, not the stored fits: --render re-reads older JSON runs too
         per_study = fit["bytes_per_study"]
         others = [
             f"{what} {fit[key] / MIB:,.2f} MiB (x{fit[key] / per_study:.2f})"

@@ -33,10 +33,12 @@ SKIMAGE_PHOTOS = ("astronaut", "camera", "cat", "coffee", "rocket", "grass", "gr
 
 def sample_photos() -> list[tuple[str, Any]]:
     """(name, PIL image) of the natural photos bundled with matplotlib and, where installed, scikit-image."""
-    from matplotlib import cbook
     from PIL import Image
 
-    photos = [("grace_hopper", Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("L"))]
+    from ...models.weights import sample_image
+
+    with Image.open(sample_image()) as photo:
+        photos = [("grace_hopper", photo.convert("L"))]
     try:
         from skimage import data
     except ImportError:
