@@ -1,7 +1,9 @@
-"""Write a synthetic dataset: transmed synthetic ROOT [--format mrnet|nifti] [options]
+"""Write a synthetic dataset: transmed synthetic ROOT [--format mrnet|nifti] [--fusion] [options]
 
 Knee studies in the MRNet layout (what `data.format: synthetic` generates on first use), or
-parotid-like T1/T2 studies in the `nifti` layout.
+parotid-like T1/T2 studies in the `nifti` layout. With --fusion no single modality gives every
+label (knee: each lesion in one plane; parotid: four types on a 2 x 2 design of T1 and T2 signal),
+and ROOT/fusion_bound.json states the best AUC one modality can reach.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("--max-slices", type=int, default=32)
     parser.add_argument("--with-split", action="store_true", help="nifti: write a split column")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fusion", action="store_true", help="labels that need every modality; writes fusion_bound.json")
     args = parser.parse_args(argv)
     root = Path(args.root)
     if root.is_file() or root.is_dir() and any(root.iterdir()):
         raise ResultExistsError(f"{root} already exists and is not an empty folder; give a new folder for the synthetic dataset")
     if args.format == "nifti":
-        generate_nifti(args.root, args.num_train, args.with_split, args.seed)
+        generate_nifti(args.root, args.num_train, args.with_split, args.seed, fusion=args.fusion)
     else:
-        generate_mrnet(args.root, args.num_train, args.num_valid, args.image_size, args.min_slices, args.max_slices, args.seed)
-
+        generate_mrnet(
+            args.root, args.num_train, args.num_valid, args.image_size, args.min_slices, args.max_slices, args.seed, fusion=args.fusion
+        )
