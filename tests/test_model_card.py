@@ -103,3 +103,33 @@ def test_multiclass_card_uses_argmax_and_macro_overall(mrnet_root, tmp_path):
     assert "argmax" in text and cell(metrics["overall"]["auc_micro"]) in text and "| test | 30 | 33.3% | 33.3% | 33.3% |" in text
     values = {r.metric_name: r.metric_value for r in ModelCard(text).data.eval_results}
     assert values["overall AUC (micro)"] == metrics["overall"]["auc_micro"]["value"]
+
+
+def test_card_says_which_bootstrap_ran_and_carries_a_license(evaluation, mrnet_root, tmp_path):
+    text = (evaluation / "MODEL_CARD.md").read_text()  # three knee tasks: one unstratified resample of studies
+    assert "unstratified bootstrap of studies" in text and "stratified bootstrap" not in text.replace("unstratified", "")
+    assert ModelCard(text).data.license == "mit"
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'license = "MIT"' in pyproject and "## License" in text and "repository" in text
+    cfg = load_config(None, tiny_overrides(mrnet_root, tmp_path))
+    for spec, words in (
+        (LabelSpec("multiclass", ("benign", "malignant")), "stratified on the class"),
+        (LabelSpec("multilabel", ("abnormal",)), "stratified on the label"),
+    ):
+        labels = np.arange(20) % 2 if spec.kind == "multiclass" else (np.arange(20) % 2)[:, None]
+        probs = np.random.default_rng(0).random((20, spec.num_outputs))
+        metrics = to_jsonable({**compute_metrics(probs, labels, list(spec.names), spec.kind, n_bootstrap=10), "split": "test"})
+        assert words in model_card(cfg, spec, metrics=metrics)
+
+
+def test_card_warns_when_the_split_also_chose_the_epoch(evaluation, mrnet_root, tmp_path):
+    warning = "the split that chose this checkpoint's epoch"
+    text = (evaluation / "MODEL_CARD.md").read_text()  # evaluated on valid
+    assert f"> **Warning: these results are on `valid`, {warning}**" in text
+    assert text.index("Warning") < text.index("## Evaluation results")  # at the top, not in a footnote
+    cfg = load_config(None, tiny_overrides(mrnet_root, tmp_path))
+    spec = LabelSpec("multilabel", ("abnormal",))
+    labels = (np.arange(20) % 2)[:, None]
+    metrics = to_jsonable({**compute_metrics(np.random.default_rng(0).random((20, 1)), labels, ["abnormal"], "multilabel", n_bootstrap=10)})
+    assert warning not in model_card(cfg, spec, metrics={**metrics, "split": "test"})
+    assert warning not in model_card(cfg, spec)  # no results, nothing to warn about

@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.ablate`: runs `transmed ablate` (transmed/commands/ablate.py)."""
+"""`python -m transmed.ablate`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import ablate
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(ablate.main)
+run_alias(__name__, __file__)

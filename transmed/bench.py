@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.bench`: runs `transmed bench` (transmed/commands/bench.py)."""
+"""`python -m transmed.bench`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import bench
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(bench.main)
+run_alias(__name__, __file__)

@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.compare`: runs `transmed compare` (transmed/commands/compare.py)."""
+"""`python -m transmed.compare`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import compare
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(compare.main)
+run_alias(__name__, __file__)

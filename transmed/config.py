@@ -147,14 +147,42 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+# a schema type -> what a config value of that type looks like, for error messages
+EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _expected(schema: DictConfig, key: str) -> Optional[str]:
+    """What the schema takes at `key` (`data.spacing[0]`: an element of `data.spacing`), or None when it cannot say."""
+    path, index, _ = key.partition("[")
+    if not path:
+        return None
+    node: Any = schema
+    for part in path.split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return None
+    if isinstance(node, ListConfig):
+        element = EXPECTED.get(node._metadata.element_type)
+        if index:
+            return element
+        what = f"a list of {element.removeprefix('an ').removeprefix('a ')}s ([x, y])" if element in EXPECTED.values() else "a list"
+    else:
+        what = EXPECTED.get(node._metadata.ref_type)
+    return f"{what} or null" if what and node._metadata.optional else what
+
+
 def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    """One line naming the key, the value and what the key takes (OmegaConf's own message spans several lines)."""
     key = getattr(err, "full_key", None) or ""
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
     if isinstance(err, ConfigKeyError):
         hint = difflib.get_close_matches(key, _all_keys(schema), n=1)
         suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
         return ConfigError(f"unknown config key '{key}' (from {source}).{suggestion}")
-    return ConfigError(f"invalid value for config key '{key}' (from {source}): {msg}")
+    expected = _expected(schema, key)
+    if expected is None:
+        msg = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
+        return ConfigError(f"invalid value for config key '{key}' (from {source}): {msg}")
+    return ConfigError(f"invalid value for config key '{key}': {_shown(getattr(err, 'value', None))}; expected {expected} (from {source})")
 
 
 def _known_keys(saved: DictConfig, schema: DictConfig) -> DictConfig:

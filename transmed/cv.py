@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.cv`: runs `transmed cv` (transmed/commands/cv.py)."""
+"""`python -m transmed.cv`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import cv
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(cv.main)
+run_alias(__name__, __file__)

@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.explain`: runs `transmed explain` (transmed/commands/explain.py)."""
+"""`python -m transmed.explain`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import explain
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(explain.main)
+run_alias(__name__, __file__)

@@ -1,8 +1,4 @@
-"""The old spelling `python -m transmed.export --checkpoint F --out F.safetensors`: runs `transmed export`
-(transmed/commands/export.py), whose --format defaults to safetensors."""
+"""`python -m transmed.export`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import export
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(export.main)
+run_alias(__name__, __file__)

@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.predict`: runs `transmed predict` (transmed/commands/predict.py)."""
+"""`python -m transmed.predict`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import predict
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(predict.main)
+run_alias(__name__, __file__)

@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.robustness`: runs `transmed robustness` (transmed/commands/robustness.py)."""
+"""`python -m transmed.robustness`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import robustness
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(robustness.main)
+run_alias(__name__, __file__)

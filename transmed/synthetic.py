@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.synthetic`: runs `transmed synthetic` (transmed/commands/synthetic.py)."""
+"""`python -m transmed.synthetic`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import synthetic
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(synthetic.main)
+run_alias(__name__, __file__)

@@ -1,7 +1,4 @@
-"""The spelling `python -m transmed.weights import ...`: runs `transmed weights` (transmed/commands/weights.py)."""
+"""`python -m transmed.weights`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import weights
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(weights.main)
+run_alias(__name__, __file__)

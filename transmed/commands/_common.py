@@ -2,7 +2,8 @@
 
 A command module's `main(argv, prog)` is: argparse, then one library call. `run_main` runs it so that a
 `TransMedError` (bad config, data, checkpoint, run folder, weights: the user's input) prints one
-line, `error: ...`, and exits with the error's code (2 for config and usage errors, 1 otherwise).
+line, `error: ...`, and exits with the error's code (2 for config and usage errors, 1 otherwise);
+Ctrl-C prints one line (the command's own, such as how to resume a run) and exits with 130.
 """
 
 from __future__ import annotations
@@ -41,13 +42,23 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise SystemExit(code)
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT (128 + 2)
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Runs a command (`main()` parses `sys.argv`); a `TransMedError` prints one clear line and exits with its code."""
+    """Runs a command (`main()` parses `sys.argv`); a `TransMedError` prints one clear line and exits with its code.
+    Ctrl-C prints the `KeyboardInterrupt`'s message (a command may put a hint there; "" prints nothing) or
+    "interrupted", never a traceback."""
     quiet_known_warnings()
     try:
         main()
     except TransMedError as err:
         fail(f"{'config: ' if isinstance(err, ConfigError) else ''}{err}", code=err.exit_code)
+    except KeyboardInterrupt as err:
+        message = str(err) if err.args else "interrupted"
+        if message:
+            print(message, file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
 
 
 def parser_for(doc: Optional[str], prog: Optional[str]) -> argparse.ArgumentParser:

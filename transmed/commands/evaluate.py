@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..evaluation.evaluate import evaluate_checkpoint
 from ._common import add_bootstrap, add_overrides, bootstrap_count, parser_for
 
 
@@ -21,5 +20,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     add_bootstrap(parser)
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)
-    out = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, bootstrap_count(args.bootstrap))
+    bootstrap = bootstrap_count(args.bootstrap)
+
+    from ..evaluation.evaluate import evaluate_checkpoint  # torch: after the arguments are checked
+
+    out = evaluate_checkpoint(args.checkpoint, args.split, args.out, args.overrides, bootstrap)
     print(f"evaluation written to {out}")

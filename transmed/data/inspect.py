@@ -1,7 +1,4 @@
-"""The old spelling `python -m transmed.data.inspect`: runs `transmed inspect` (transmed/commands/inspect.py)."""
+"""`python -m transmed.data.inspect`, an old spelling (the table: ALIASES in transmed/commands/__init__.py)."""
+from transmed.commands import run_alias
 
-from transmed.commands import inspect
-from transmed.commands._common import run_main
-
-if __name__ == "__main__":
-    run_main(inspect.main)
+run_alias(__name__, __file__)

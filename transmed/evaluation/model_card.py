@@ -1,7 +1,8 @@
 """A model card per evaluation (`MODEL_CARD.md` next to `metrics.json`), in the Hugging Face layout.
 
-YAML front matter (`library_name`, `tags`, `model-index` with one result per metric, as the Hub
-and `huggingface_hub.ModelCard` read it), then sections: model details, inputs and outputs, data
+YAML front matter (`library_name`, `license`, `tags`, `model-index` with one result per metric, as
+the Hub and `huggingface_hub.ModelCard` read it), a warning when the split reported is the one that
+chose the checkpoint's epoch, then sections: model details, inputs and outputs, data
 and splits, evaluation results (every metric with its 95% interval, calibration, thresholds),
 robustness (each `uap.json` of the run), intended use, limitations, how to use, citation. The
 numbers are those of `metrics.json`, so the card is what the `hub` and `monai-bundle` exports carry.
@@ -25,6 +26,10 @@ from ..core.tables import markdown_table
 from .metrics import ECE_BINS, METRICS
 
 CARD_NAME = "MODEL_CARD.md"
+# The trained weights carry the repository's licence (LICENSE; pyproject.toml `license`): no config key sets
+# another, and the card says so next to the data's own terms.
+LICENSE = "mit"  # a Hugging Face Hub licence identifier
+SELECTION_SPLIT = "valid"  # the split whose val/auc picks best.pt's epoch (engine/trainer.py)
 PAPER = "Dai, Gao & Liu, *TransMed: Transformers Advance Multi-modal Medical Image Classification*, Diagnostics 11(8), 2021"
 METRIC_NAMES = {
     "auc": "AUC",
@@ -111,6 +116,7 @@ def model_card(
     robustness = list(robustness)
     front = {
         "library_name": "transmed",
+        "license": LICENSE,
         "pipeline_tag": "image-classification",
         "tags": ["transmed", "medical-imaging", "mri", "multi-modal", "transformer", "research-only", spec.kind],
     }
@@ -122,6 +128,7 @@ def model_card(
         f"TransMed ({cfg.model.name}, {cfg.model.backbone} stem) classifying multi-modal MRI studies "
         f"({', '.join(cfg.data.modalities)}) for {spec.kind} {', '.join(spec.names)}. "
         "**A research model: not a medical device, not for diagnosis.**",
+        _selection_warning(metrics),
         _details(cfg, spec, model, checkpoint, epoch),
         _io(cfg, spec),
         _data(cfg, spec, splits),
@@ -129,6 +136,7 @@ def model_card(
         _robustness(robustness),
         _intended_use(),
         _how_to_use(),
+        _license(cfg),
         f"## Citation\n\n{PAPER}.",
     ]
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -157,6 +165,38 @@ def _model_index_result(cfg: DictConfig, spec: LabelSpec, metrics: dict) -> dict
         },
         "metrics": entries,
     }
+
+
+def _selection_warning(metrics: Optional[dict]) -> str:
+    """A visible warning when the figures come from the split that chose the epoch: they are optimistic."""
+    if metrics is None or metrics.get("split") != SELECTION_SPLIT:
+        return ""
+    return (
+        f"> **Warning: these results are on `{SELECTION_SPLIT}`, the split that chose this checkpoint's epoch** "
+        f"(training keeps the epoch with the best `val/auc`), so they overstate how the model does on new studies. "
+        "Report a split that took no part in training: `transmed evaluate --split test` (for MRNet, "
+        "`data.val_fraction` carves validation out of train and keeps MRNet's valid as the test split)."
+    )
+
+
+def bootstrap_description(spec: LabelSpec) -> str:
+    """What the interval bootstrap did for this label spec (as `metrics._bootstrap_weights` resamples)."""
+    if spec.kind == "multiclass":
+        return "a bootstrap of studies stratified on the class (each resample keeps every class's count)"
+    if spec.num_outputs == 1:
+        return "a bootstrap of studies stratified on the label (each resample keeps the positives' count)"
+    return (
+        "an unstratified bootstrap of studies, one resample shared by all tasks (stratifying on the combination of "
+        f"{spec.num_outputs} labels would leave most strata with a single study)"
+    )
+
+
+def _license(cfg: DictConfig) -> str:
+    return (
+        f"## License\n\n`{LICENSE}`: the weights carry the license of the TransMed repository (MIT), by default; no "
+        f"config key sets another. The training data (`{cfg.data.format}` at `{cfg.data.root}`) may come with terms "
+        "of its own (MRNet's research use agreement, a hospital's data use agreement) that restrict the weights further."
+    )
 
 
 def _weights_origin(cfg: DictConfig) -> str:
@@ -268,7 +308,7 @@ def _results(spec: LabelSpec, metrics: Optional[dict], n_bootstrap: Optional[int
         "## Evaluation results",
         f"Split `{metrics.get('split')}`: {metrics['n']} studies"
         + (f" ({metrics['skipped']} left out by `data.on_error=skip`, see skipped.json)" if metrics.get("skipped") else "")
-        + f", checkpoint epoch {metrics.get('epoch')}. Each value with its 95% interval from a stratified bootstrap of studies{boot}. "
+        + f", checkpoint epoch {metrics.get('epoch')}. Each value with its 95% interval from {bootstrap_description(spec)}{boot}. "
         "Overall: the mean over tasks" + (" (one-vs-rest, macro) plus micro AUC and accuracy." if spec.kind == "multiclass" else "."),
         _metric_table(spec, metrics),
         f"Calibration error: expected calibration error (ECE) over {ECE_BINS} equal-width probability bins, per task "
