@@ -87,15 +87,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def save_weights(state: dict, out: str | Path, config: dict, label_spec: dict, epoch: Optional[int]) -> Path:
-    """Model weights as safetensors, with the config, label spec and epoch as JSON metadata (what `load_model` reads)."""
+    """Model weights as safetensors, with the config, label spec and epoch as JSON metadata (what `load_model` reads);
+    written atomically, with the umask's mode."""
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     metadata = {"format": FORMAT, "config": json.dumps(config), "label_spec": json.dumps(label_spec), "epoch": str(epoch)}
-    out = Path(out)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out), metadata=metadata)
-    return out
+    data = save({k: v.contiguous() for k, v in state.items()}, metadata=metadata)
+    atomic_write(out, lambda f: f.write(data))
+    return Path(out)
 
 
 def export_safetensors(checkpoint: str | Path, out: str | Path) -> Path:
