@@ -111,9 +111,21 @@ def test_modality_dropout_drops_whole_modalities_and_keeps_one():
             assert 0.3 < dropped < 0.55
 
 
+def test_build_model_freezes_as_the_config_says(tiny_cfg):
+    """`build_model(cfg)` is the whole model: with trainable_blocks=1 only the stem's last stage trains."""
+    model = build_model(tiny_cfg(**{"model.trainable_blocks": "1"}), 3)
+    stages = stem_stages(model.stem)
+    own = lambda modules: [p for m in modules for p in m.parameters(recurse=False)]  # noqa: E731
+    assert own(stages[-1]) and all(p.requires_grad for p in own(stages[-1]))
+    assert all(not p.requires_grad for stage in stages[:-1] for p in own(stage))
+    assert all(p.requires_grad for p in model.encoder.parameters())
+    assert trainable(model) < trainable(build_model(tiny_cfg(), 3))
+
+
 def test_drop_modalities_at_inference_masks_them_out(tiny_cfg):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(**{"data.drop_modalities": "[coronal]"}), 3).eval()
+    assert model.drop_modalities == (1,)  # a constructor argument, applied to the mask in forward
     x = torch.rand(2, 3, 5, 32, 32)
     without = torch.ones(2, 3, 5, dtype=torch.bool)
     without[:, 1] = False

@@ -64,6 +64,63 @@ def transmed_imports(module: str) -> set[str]:
     return found
 
 
+def import_graph() -> dict[str, set[str]]:
+    """transmed module -> the transmed modules it imports, module level and inside functions alike;
+    `from package import name` counts as importing the submodule `package.name` where there is one."""
+    names = set(modules()) | {"transmed"}
+    graph = {}
+    for module in names:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(Path(spec.origin).read_text())
+        package = module if spec.submodule_search_locations else module.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join([*base, node.module] if node.module else base)
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    edges.add(sub if sub in names else target)
+        graph[module] = {edge for edge in edges if edge in names and edge != module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of `graph` as a path that ends where it starts, or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return []
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_no_import_cycle_anywhere():
+    """No module imports one that imports it back, directly or through others, at any depth in the file."""
+    cycle = find_cycle(import_graph())
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
 def test_every_module_imports():
     failures = {}
     for name in modules():

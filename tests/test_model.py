@@ -123,6 +123,19 @@ def test_registry_and_variants():
         create_model("nope", num_modalities=1, num_outputs=1)
 
 
+def test_a_name_that_fixes_the_variant_refuses_another(tiny_cfg):
+    """timm's entrypoints: `transmed_small` is TransMed with variant small; asking it for base is an error, not base or small."""
+    from transmed.core.errors import ConfigError
+    from transmed.models import build_model
+
+    with pytest.raises(ConfigError, match=r"'model\.name' and 'model\.variant'.*model\.name=transmed_small.*model\.variant='base'") as err:
+        build_model(tiny_cfg(**{"model.name": "transmed_small", "model.variant": "base"}), 3)
+    assert "\n" not in str(err.value)
+    assert build_model(tiny_cfg(**{"model.name": "transmed_small", "model.variant": "small"}), 3).dim == 384
+    with pytest.raises(ValueError, match="fixes variant='small'; got variant='base'"):
+        create_model("transmed_small", num_modalities=2, num_outputs=2, backbone=TINY_BACKBONE, variant="base")
+
+
 def test_constructor_is_keyword_only_and_checks_inputs():
     with pytest.raises(TypeError):
         TransMed(3, 3)

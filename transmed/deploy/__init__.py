@@ -26,8 +26,7 @@ import torch
 from ..core.errors import UsageError
 from ..evaluation.evaluate import run_folder
 from ..evaluation.model_card import CARD_NAME, model_card, robustness_results, split_statistics
-from ..models.factory import build_model
-from ..models.loading import load_state, load_trained
+from ..models.loading import load_trained, load_weights_file
 from .common import (
     ExportError,
     ExportReport,
@@ -112,26 +111,18 @@ def _graph(fmt: str, model, cfg, tmp: Path, inputs, report: ExportReport, device
         report.parity = check_parity(model, run, inputs)
 
 
-def _fresh_model(cfg, spec, state: dict, source: Path):
-    fresh = build_model(cfg, spec.num_outputs, pretrained=False)
-    load_state(fresh, state, source)
-    return fresh.eval()
-
-
 def _safetensors(checkpoint, model, cfg, spec, tmp: Path, inputs, report: ExportReport) -> None:
-    from safetensors.torch import load_file
-
     from ..core.checkpoint import export_safetensors
 
     export_safetensors(checkpoint, tmp)
     report.notes.append("weights only; the training config and label spec are in the file's metadata")
     if inputs:
-        fresh = _fresh_model(cfg, spec, load_file(str(tmp)), tmp)
+        fresh = load_weights_file(tmp)  # rebuilt from the file alone: its metadata must describe the model
         report.parity = check_parity(model.cpu(), lambda x, mask: fresh(x, mask), inputs)
 
 
 def _hub(model, cfg, spec, ckpt: dict, card_text: str, tmp: Path, inputs, report: ExportReport) -> None:
-    from ..models.hub_reader import load_hub_folder
+    from ..models.loading import load_hub_folder
     from .hub_writer import write_hub_folder
 
     write_hub_folder(tmp, cfg, spec, model.state_dict(), card_text, ckpt.get("epoch"))

@@ -41,7 +41,6 @@ from torch import nn
 from ..core.errors import TransMedError
 from ..core.labels import LabelSpec
 from ..models.factory import dropped_modality_indices, model_kwargs
-from ..models.finetune import drop_modalities_at_inference
 from ..models.registry import create_model
 from .common import ExportError, input_geometry
 
@@ -54,10 +53,7 @@ TRANSMED_PAPER = "Dai, Gao & Liu, 'TransMed: Transformers Advance Multi-modal Me
 def bundle_network(model_name: str, drop_modalities: Sequence[int] = (), **kwargs) -> nn.Module:
     """What a bundle's `network_def` builds: `create_model(model_name, **kwargs)` without pretrained
     weights (the bundle's own follow), seeing `drop_modalities` as missing in eval mode."""
-    model = create_model(model_name, **{**kwargs, "pretrained": False})
-    if drop_modalities:
-        drop_modalities_at_inference(model, list(drop_modalities))
-    return model
+    return create_model(model_name, **{**kwargs, "pretrained": False, "drop_modalities": list(drop_modalities)})
 
 
 def is_bundle(folder: Path) -> bool:

@@ -27,7 +27,7 @@ from ..data import build_dataset, build_loader, label_spec, read_manifest, repor
 from ..data.augment import training_augment
 from ..data.collate import to_device
 from ..models import build_model
-from ..models.finetune import drop_modalities_at_random, prepare_model, train_mode
+from ..models.finetune import drop_modalities_at_random, train_mode
 from .distributed import DistInfo, barrier, cleanup, device_for, gather_predictions, init_distributed, mean_over_ranks, sync_buffers
 from .inference import predict, split_loss, targets
 from .logger import RunLogger
@@ -202,8 +202,8 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     set_deterministic(cfg.train.deterministic)
     device = device_for(dist_info, resolve_device(cfg.train.device))
     spec = label_spec(cfg)
-    model = build_model(cfg, spec.num_outputs).to(device)  # first: missing weights or a bad name fail before any data is read
-    prepare_model(model, cfg)  # model.init_from, model.trainable_blocks
+    # first: missing weights or a bad name fail before any data is read; init_from and trainable_blocks included
+    model = build_model(cfg, spec.num_outputs).to(device)
     run_dir = Path(cfg.output_dir) / cfg.run_name
     if dist_info.is_main:
         run_dir = prepare_run_dir(cfg)

@@ -144,7 +144,7 @@ def explain_study(
     device = next(model.parameters()).device
     x, mask = to_device(batch, device)
     dropped = dropped_modality_indices(cfg)
-    mask[:, dropped] = False  # what the model's eval-mode hook does; attention and Grad-CAM must see it too
+    mask[:, dropped] = False  # what the model's forward does in eval mode; attention and Grad-CAM must see it too
     with torch.no_grad():
         probs = spec.probabilities(model(x, mask).float())[0].cpu()
     if targets is None:

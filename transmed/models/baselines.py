@@ -5,13 +5,14 @@
 - `CNN3D`: a MONAI 3D ResNet or DenseNet on the modalities as channels, resampled to a fixed depth.
 
 They accept the keyword arguments `factory.model_kwargs` gives every model and say which they ignore.
-Padded slices and missing modalities (mask False) never reach an output.
+Padded slices and missing modalities (mask False) never reach an output; `drop_modalities` marks
+modalities missing in eval mode, as TransMed's does.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,9 +57,10 @@ class LateFusion(nn.Module):
         slice_stride: int = 1,
         slice_mode: str = "group",
         dropout: float = 0.1,
+        drop_modalities: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.num_modalities = num_modalities
+        self.num_modalities, self.drop_modalities = num_modalities, tuple(drop_modalities)
         self.slice_window, self.slice_stride, self.slice_mode = slice_window, slice_stride, slice_mode
         self.stem = CNNStem(backbone, pretrained, stem_stage)
         width, hidden = num_modalities * self.stem.out_channels, VARIANTS[variant]["dim"]
@@ -73,7 +75,7 @@ class LateFusion(nn.Module):
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, M * C): each modality's mean over its real slice groups (zeros when it is missing)."""
-        mask = check_inputs(x, mask, self.num_modalities)
+        mask = check_inputs(x, mask, self.num_modalities, missing=() if self.training else self.drop_modalities)
         images, group_mask = group_slices(x, mask, self.slice_window, self.slice_stride, self.slice_mode)
         features = pooled_slice_features(self.stem, images, group_mask)
         weights = rearrange(group_mask, "b m g -> b m g 1").to(features.dtype)
@@ -109,9 +111,10 @@ class MRNet(nn.Module):
         slice_stride: int = 1,
         slice_mode: str = "group",
         dropout: float = 0.1,
+        drop_modalities: Sequence[int] = (),
     ) -> None:
         super().__init__()
-        self.num_modalities = num_modalities
+        self.num_modalities, self.drop_modalities = num_modalities, tuple(drop_modalities)
         self.slice_window, self.slice_stride, self.slice_mode = slice_window, slice_stride, slice_mode
         self.stem = nn.ModuleList(CNNStem(backbone, pretrained, stem_stage) for _ in range(num_modalities))
         channels = self.stem[0].out_channels
@@ -122,7 +125,7 @@ class MRNet(nn.Module):
 
     def plane_logits(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-plane logits (B, M, K) and which planes are present (B, M)."""
-        mask = check_inputs(x, mask, self.num_modalities)
+        mask = check_inputs(x, mask, self.num_modalities, missing=() if self.training else self.drop_modalities)
         images, group_mask = group_slices(x, mask, self.slice_window, self.slice_stride, self.slice_mode)
         logits = []
         for m, (stem, head) in enumerate(zip(self.stem, self.plane_heads)):
@@ -159,8 +162,10 @@ class CNN3D(nn.Module):
         dropout: float = 0.1,
         pretrained: Pretrained = False,
         variant: str = "tiny",
+        drop_modalities: Sequence[int] = (),
     ) -> None:
         super().__init__()
+        self.drop_modalities = tuple(drop_modalities)
         if pretrained:
             warnings.warn("cnn3d has no ImageNet weights: model.pretrained is ignored, the 3D network trains from scratch", stacklevel=2)
         from monai.networks.nets import DenseNet121, resnet10
@@ -183,7 +188,7 @@ class CNN3D(nn.Module):
 
     def volume(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, M, S, H, W) with mask -> (B, M, num_slices, H, W): each stack's real slices, resampled."""
-        mask = check_inputs(x, mask, self.num_modalities)
+        mask = check_inputs(x, mask, self.num_modalities, missing=() if self.training else self.drop_modalities)
         b, m, _, h, w = x.shape
         out = x.new_zeros(b, m, self.num_slices, h, w)
         for i in range(b):

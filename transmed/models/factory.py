@@ -1,4 +1,11 @@
-"""Config -> model: the one place that maps `model.*` keys to constructor arguments."""
+"""Config -> model: the one function that builds a model from a config, everything included.
+
+Like timm's `build_model_with_cfg`: `build_model` maps the `model.*` keys (and `train.checkpoint_stem`,
+`data.drop_modalities`) to the registered constructor's arguments, loads the weights the config
+names (`model.pretrained`, then `model.init_from`) and freezes what it says (`model.trainable_blocks`).
+Training, evaluation, the benchmark, the studies and the exports all build through it; a model
+rebuilt from saved weights too (`loading.rebuild_model`, which asks for no weights).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +13,31 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..core.errors import ConfigError
-from .finetune import drop_modalities_at_inference
-from .registry import create_model, list_models, model_arguments
+from .finetune import prepare_model
+from .registry import create_model, fixed_arguments, list_models, model_arguments
 from .stem import UnknownBackbone
 
 
+def dropped_modality_indices(cfg: DictConfig) -> list[int]:
+    """Positions in `data.modalities` of `data.drop_modalities`; at least one modality must remain."""
+    modalities, dropped = list(cfg.data.modalities), list(cfg.data.drop_modalities)
+    unknown = [name for name in dropped if name not in modalities]
+    if unknown:
+        raise ConfigError(f"invalid value for config key 'data.drop_modalities': {unknown} not in data.modalities {modalities}")
+    if set(modalities) <= set(dropped):
+        raise ConfigError(f"invalid value for config key 'data.drop_modalities': it drops every modality of {modalities}")
+    return [modalities.index(name) for name in dropped]
+
+
 def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
-    """Constructor arguments for `cfg.model.name`: the `model.*` keys its constructor declares."""
+    """Constructor arguments for `cfg.model.name`: the config values its constructor declares.
+
+    A name that fixes an argument (`transmed_small`: variant small) and a config that asks for another
+    value (`model.variant=base`) is a ConfigError naming both keys.
+    """
     m = cfg.model
+    if m.name not in list_models():
+        raise ConfigError(f"invalid value for config key 'model.name': {m.name!r}; registered models: {', '.join(list_models())}")
     offered = dict(
         num_modalities=len(cfg.data.modalities),
         num_outputs=num_outputs,
@@ -31,37 +55,31 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         stem_chunk=m.stem_chunk,
         channels_last=m.channels_last,
         checkpoint_stem=cfg.train.checkpoint_stem,
+        drop_modalities=dropped_modality_indices(cfg),
     )
-    accepted = model_arguments(m.name)
+    for key, value in fixed_arguments(m.name).items():
+        if key in offered and offered[key] != value:
+            raise ConfigError(
+                f"conflicting config keys 'model.name' and 'model.{key}': model.name={m.name} fixes {key} {value!r}, "
+                f"model.{key}={offered[key]!r}; use model.name=transmed model.{key}={offered[key]}, or model.{key}={value}"
+            )
+    accepted = model_arguments(m.name) - set(fixed_arguments(m.name))
     return {key: value for key, value in offered.items() if key in accepted}
 
 
-def dropped_modality_indices(cfg: DictConfig) -> list[int]:
-    """Positions in `data.modalities` of `data.drop_modalities`; at least one modality must remain."""
-    modalities, dropped = list(cfg.data.modalities), list(cfg.data.drop_modalities)
-    unknown = [name for name in dropped if name not in modalities]
-    if unknown:
-        raise ConfigError(f"invalid value for config key 'data.drop_modalities': {unknown} not in data.modalities {modalities}")
-    if set(modalities) <= set(dropped):
-        raise ConfigError(f"invalid value for config key 'data.drop_modalities': it drops every modality of {modalities}")
-    return [modalities.index(name) for name in dropped]
+def build_model(cfg: DictConfig, num_outputs: int, pretrained: bool = True) -> nn.Module:
+    """The model a config describes: built, its weights loaded and its stem frozen as configured.
 
-
-def build_model(cfg: DictConfig, num_outputs: int, pretrained: bool | None = None) -> nn.Module:
-    """The model a config describes; `pretrained=False` skips weight loading (a checkpoint follows).
-
-    With `data.drop_modalities` the model sees those modalities as missing whenever it is in eval mode.
+    `pretrained=False` loads no weights at all, neither `model.pretrained` nor `model.init_from`:
+    saved weights follow (`loading.rebuild_model`). With `data.drop_modalities` the model sees those
+    modalities as missing whenever it is in eval mode (its `drop_modalities`).
     """
-    if cfg.model.name not in list_models():
-        raise ConfigError(f"invalid value for config key 'model.name': {cfg.model.name!r}; registered models: {', '.join(list_models())}")
     kwargs = model_kwargs(cfg, num_outputs)
-    if pretrained is False:
+    if not pretrained:
         kwargs["pretrained"] = False
-    dropped = dropped_modality_indices(cfg)
     try:
         model = create_model(cfg.model.name, **kwargs)
     except UnknownBackbone as err:
         raise ConfigError(f"invalid value for config key 'model.backbone': {err}") from None
-    if dropped:
-        drop_modalities_at_inference(model, dropped)
+    prepare_model(model, cfg, init=pretrained)
     return model

@@ -1,4 +1,4 @@
-"""Transfer learning: how deeply the timm stem trains, starting from another run, and modality dropout.
+"""Transfer learning: how deeply the timm stem trains, starting from another run; modality dropout in training.
 
 A stem's *stages* are timm's feature stages (`body.feature_info`, e.g. resnet: act1, layer1..layer4).
 Modules before the first stage's module (conv1, bn1) belong to stage 0, the input stem; modules
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -121,9 +121,12 @@ def load_matching(model: nn.Module, checkpoint: str | Path) -> InitReport:
     return report
 
 
-def prepare_model(model: nn.Module, cfg: DictConfig) -> None:
-    """Applies `model.init_from` (prints what was skipped), then `model.trainable_blocks`."""
-    if cfg.model.init_from:
+def prepare_model(model: nn.Module, cfg: DictConfig, init: bool = True) -> None:
+    """Applies `model.init_from` (prints what was skipped; not with `init=False`), then `model.trainable_blocks`.
+
+    Part of `factory.build_model`, which every model built from a config goes through.
+    """
+    if init and cfg.model.init_from:
         print(load_matching(model, cfg.model.init_from))
     freeze_stem(model, cfg.model.trainable_blocks)
 
@@ -139,19 +142,3 @@ def drop_modalities_at_random(mask: torch.Tensor, p: float) -> torch.Tensor:
     rescued = F.one_hot((torch.rand(present.shape, device=mask.device) * present).argmax(dim=-1), present.shape[1]).bool()
     drop &= ~(rescued & none_left)
     return mask & ~rearrange(drop, "b m -> b m 1")
-
-
-def drop_modalities_at_inference(model: nn.Module, indices: Sequence[int]) -> None:
-    """In eval mode `model` sees the modalities at `indices` as missing (robustness to a missing sequence)."""
-    dropped = list(indices)
-
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> Optional[tuple[tuple, dict]]:
-        if module.training:
-            return None
-        x, *rest = args
-        mask = kwargs.pop("mask", rest[0] if rest else None)
-        mask = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device) if mask is None else mask.clone()
-        mask[:, dropped] = False
-        return (x, mask), kwargs
-
-    model.register_forward_pre_hook(hook, with_kwargs=True)

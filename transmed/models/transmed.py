@@ -6,7 +6,7 @@ Dai, Gao & Liu, "TransMed: Transformers Advance Multi-modal Medical Image Classi
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from einops import rearrange, repeat
@@ -46,16 +46,20 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
-def check_inputs(x: torch.Tensor, mask: Optional[torch.Tensor], num_modalities: int) -> torch.Tensor:
-    """Validates (B, M, S, H, W) input and returns the (B, M, S) bool mask (all True when None)."""
+def check_inputs(x: torch.Tensor, mask: Optional[torch.Tensor], num_modalities: int, missing: Sequence[int] = ()) -> torch.Tensor:
+    """Validates (B, M, S, H, W) input and returns the (B, M, S) bool mask (all True when None), with the
+    modalities at `missing` marked missing (a model's `drop_modalities` in eval mode)."""
     if x.dim() != 5:
         raise ValueError(f"expected x of shape (batch, modalities, slices, height, width), got {tuple(x.shape)}")
     if x.shape[1] != num_modalities:
         raise ValueError(f"model expects {num_modalities} modalities, x has {x.shape[1]} (shape {tuple(x.shape)})")
     if mask is None:
-        return torch.ones(x.shape[:3], dtype=torch.bool, device=x.device)
-    if mask.shape != x.shape[:3]:
+        mask = torch.ones(x.shape[:3], dtype=torch.bool, device=x.device)
+    elif mask.shape != x.shape[:3]:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match x's (batch, modalities, slices) {tuple(x.shape[:3])}")
+    if missing:
+        mask = mask.clone()
+        mask[:, list(missing)] = False
     return mask.bool()
 
 
@@ -89,6 +93,8 @@ class TransMed(nn.Module):
             for long stacks; no effect on outputs).
         channels_last: keep the stem in NHWC memory layout (faster convolutions on tensor cores and oneDNN).
         checkpoint_stem: in training, recompute the stem's activations in backward instead of storing them.
+        drop_modalities: positions of modalities the model sees as missing in eval mode (`data.drop_modalities`:
+            robustness to a missing sequence); training sees them all.
 
     Example::
 
@@ -128,6 +134,7 @@ class TransMed(nn.Module):
         stem_chunk: Optional[int] = None,
         channels_last: bool = False,
         checkpoint_stem: bool = False,
+        drop_modalities: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -138,6 +145,7 @@ class TransMed(nn.Module):
         self.slice_window, self.slice_stride, self.slice_mode = slice_window, slice_stride, slice_mode
         self.stem_chunk = stem_chunk
         self.checkpoint_stem = checkpoint_stem
+        self.drop_modalities = tuple(drop_modalities)
         self.dim = spec["dim"]
         self.stem = CNNStem(backbone, pretrained, stem_stage, channels_last=channels_last)
         self.tokenizer = SliceTokenizer(self.stem.out_channels, self.dim, grid_size)
@@ -188,7 +196,7 @@ class TransMed(nn.Module):
         cannot change any output. Only real slice groups go through the stem, except in the dense
         path (`export_mode`, or while exporting), where all do and padded ones are zeroed after.
         """
-        mask = check_inputs(x, mask, self.num_modalities)
+        mask = check_inputs(x, mask, self.num_modalities, missing=() if self.training else self.drop_modalities)
         dense = self.export_mode or exporting()
         images, group_mask = group_slices(x, mask, self.slice_window, self.slice_stride, self.slice_mode, gather=dense)
         b = group_mask.shape[0]
