@@ -2,10 +2,10 @@
 
 | format         | writes                                                  | checked by                                       |
 |----------------|---------------------------------------------------------|--------------------------------------------------|
-| `onnx`         | one .onnx file (inputs `x`, `mask`; output `logits`)    | ONNX Runtime vs PyTorch                          |
+| `onnx`         | one .onnx file (inputs `x`, `mask`; output `logits`; `metadata_props`: `describe.py`) | ONNX Runtime vs PyTorch |
 | `torch-export` | a .pt2 `torch.export` program                           | reloaded (`torch.export.load`) vs PyTorch        |
 | `safetensors`  | the weights, the config as metadata                     | reloaded into a fresh model vs PyTorch           |
-| `monai-bundle` | configs/{metadata,inference}.json, models/model.pt, docs/README.md | MONAI's verify_metadata, verify_net_in_out |
+| `monai-bundle` | configs/{metadata,inference}.json, models/model.pt2, scripts/, docs/README.md | MONAI's verify_metadata, verify_net_in_out; the network vs PyTorch |
 | `hub`          | config.json, model.safetensors, README.md (model card)  | `transmed.load_model(folder)` vs PyTorch         |
 
 The graph formats are dynamic in batch and slices (see `graph.py`). Every check runs on three
@@ -35,10 +35,13 @@ from .common import (
     export_mode,
     file_sizes,
     input_geometry,
+    nan_padded,
     parity_inputs,
+    require_slices,
     require_transmed,
     staged,
 )
+from .describe import describe, onnx_metadata_props
 
 __all__ = ["FORMATS", "ExportError", "ExportReport", "export_checkpoint", "export_mode"]
 
@@ -71,13 +74,13 @@ def export_checkpoint(
         raise UsageError(f"model card not found: {card}")
     trained = load_trained(checkpoint, device=device)
     model, cfg, spec, ckpt = trained
-    if fmt in ("onnx", "torch-export"):
+    if fmt in ("onnx", "torch-export", "monai-bundle"):
         require_transmed(model, fmt)
     inputs = parity_inputs(cfg) if check else []
     report = ExportReport(fmt, out)
     with staged(out, overwrite) as tmp:
         if fmt in ("onnx", "torch-export"):
-            _graph(fmt, model, cfg, tmp, inputs, report, torch.device(device))
+            _graph(fmt, model, cfg, describe(cfg, spec, ckpt.get("epoch")), tmp, inputs, report, torch.device(device))
         elif fmt == "safetensors":
             _safetensors(checkpoint, model, cfg, spec, tmp, inputs, report)
         else:
@@ -90,23 +93,29 @@ def export_checkpoint(
     return report
 
 
-def _graph(fmt: str, model, cfg, tmp: Path, inputs, report: ExportReport, device: torch.device) -> None:
+def _graph(fmt: str, model, cfg, description: dict, tmp: Path, inputs, report: ExportReport, device: torch.device) -> None:
     from .graph import example_inputs, export_program, load_pt2, onnx_runner, save_onnx, save_pt2
 
     geo = input_geometry(cfg)
-    example = example_inputs(len(geo["modalities"]), geo["image_size"], geo["min_slices"], device)
-    program = export_program(model, example, geo["min_slices"])
+    low = geo["min_slices"]
+    example = example_inputs(len(geo["modalities"]), geo["image_size"], low, device)
+    program = export_program(model, example, low)
     size = geo["image_size"]
-    axes = f"dynamic axes: batch >= 1, slices >= {geo['min_slices']}; {len(geo['modalities'])} modalities, {size}x{size} pixels"
+    axes = f"dynamic axes: batch >= 1, slices >= {low}; {len(geo['modalities'])} modalities, {size}x{size} pixels"
     if fmt == "onnx":
-        opset = save_onnx(program, example, tmp, geo["min_slices"])
+        opset = save_onnx(program, example, tmp, low, onnx_metadata_props(description))
         report.notes.append(f"ONNX opset {opset}; inputs x (float32), mask (bool); output logits; {axes}")
-        run = onnx_runner(tmp) if inputs else None
+        report.notes.append(f"metadata_props: {', '.join(description)}; `transmed predict --checkpoint FILE.onnx` reads them")
+        run = onnx_runner(tmp, low) if inputs else None
     else:
         save_pt2(program, tmp)
         report.notes.append(f"load with torch.export.load(path).module()(x, mask); {axes}; traced on {device.type}")
         module = load_pt2(tmp) if inputs else None
-        run = (lambda x, mask: module(x.to(device), mask.to(device))) if inputs else None
+
+        def run(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            require_slices(x, low, f"the input of {tmp.name}")  # the program's own guard is an AssertionError
+            return module(x.to(device), mask.to(device))
+
     if inputs:
         report.parity = check_parity(model, run, inputs)
 
@@ -135,14 +144,26 @@ def _hub(model, cfg, spec, ckpt: dict, card_text: str, tmp: Path, inputs, report
 def _bundle(
     model, cfg, spec, ckpt: dict, card_text: str, metrics: Optional[dict], tmp: Path, inputs, report: ExportReport, device: str
 ) -> None:
+    from .graph import example_inputs, export_program
     from .monai_bundle import load_bundle_network, verify_bundle, write_bundle
 
-    write_bundle(tmp, cfg, spec, model.state_dict(), card_text, ckpt.get("epoch"), _eval_metrics(metrics))
+    geo = input_geometry(cfg)
+    low = geo["min_slices"]
+    example = example_inputs(len(geo["modalities"]), geo["image_size"], low, torch.device(device))
+    program = export_program(model, example, low, single_input=True)
+    write_bundle(tmp, cfg, spec, program, card_text, ckpt.get("epoch"), _eval_metrics(metrics), device)
+    modalities = " ".join(f"--study#{name} FILE" for name in geo["modalities"])
+    report.notes.append(f"run: cd {tmp.name.removeprefix('.partial-')} && python -m monai.bundle run --config_file configs/inference.json {modalities}")
     if inputs:
         verify_bundle(tmp, device=device)
         report.notes.append("MONAI verify_metadata (vendored schema, offline) and verify_net_in_out: passed")
         network = load_bundle_network(tmp, device=device)
-        report.parity = check_parity(model, lambda x, mask: network(x.to(device), mask.to(device)), inputs)
+
+        def run(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            require_slices(x, low, "the bundle's input")
+            return network(nan_padded(x, mask).to(device))
+
+        report.parity = check_parity(model, run, inputs)
 
 
 def _eval_metrics(metrics: Optional[dict]) -> dict:

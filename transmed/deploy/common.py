@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from ..config import min_slices_for
-from ..core.errors import ResultExistsError, TransMedError
+from ..core.errors import DataError, ResultExistsError, TransMedError
 from ..models.transmed import TransMed
 
 TOLERANCE = 1e-4  # largest |logit difference| an exported model may show against PyTorch
@@ -23,6 +23,20 @@ BATCH_SIZES = (1, 3)
 
 class ExportError(TransMedError, RuntimeError):
     """An export that cannot be made, or whose result does not reproduce the PyTorch model."""
+
+
+class TooFewSlicesError(DataError):
+    """A stack with fewer slices than one slice group: an exported graph would run on it silently."""
+
+
+def require_slices(x: torch.Tensor | np.ndarray, min_slices: int, what: str = "the input") -> None:
+    """Refuses `x` (B, M, S, H, W) with S < `min_slices`, as the data pipeline refuses such stacks."""
+    slices = x.shape[2]
+    if slices < min_slices:
+        raise TooFewSlicesError(
+            f"{what} has {slices} slices, fewer than the {min_slices} this model needs (one slice group); "
+            "pad shorter stacks with masked slices, as the data pipeline does"
+        )
 
 
 @dataclass
@@ -70,6 +84,29 @@ class Deployable(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.model(x, mask)
+
+
+class NanPadded(nn.Module):
+    """`forward(image) -> logits` with one input: slices that are NaN throughout are padding (mask False).
+
+    The MONAI bundle's network: MONAI's tools call a network with one image tensor. A study whose
+    modalities have different slice counts is padded with NaN slices, a missing modality is NaN
+    throughout; real slices never hold NaN (the data pipeline refuses non-finite voxels).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        padding = torch.isnan(image)
+        mask = ~padding.flatten(3).all(dim=-1)
+        return self.model(torch.where(padding, torch.zeros_like(image), image), mask)
+
+
+def nan_padded(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`NanPadded`'s input for (x, mask): the slices the mask marks as padding set to NaN."""
+    return x.masked_fill(~mask[..., None, None], float("nan"))
 
 
 def require_transmed(model: nn.Module, fmt: str) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .common import Deployable, ExportError, export_mode
+from .common import Deployable, ExportError, NanPadded, export_mode, nan_padded, require_slices
 
 
 @contextlib.contextmanager
@@ -42,10 +42,10 @@ def size_oblivious() -> Iterator[None]:
         yield
 
 
-def dynamic_shapes(min_slices: int) -> dict:
+def dynamic_shapes(min_slices: int, names: tuple[str, ...] = ("x", "mask")) -> dict:
     batch = torch.export.Dim("batch", min=1)
     slices = torch.export.Dim("slices", min=min_slices)
-    return {"x": {0: batch, 2: slices}, "mask": {0: batch, 2: slices}}
+    return {name: {0: batch, 2: slices} for name in names}
 
 
 def example_inputs(num_modalities: int, image_size: int, min_slices: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,11 +57,17 @@ def example_inputs(num_modalities: int, image_size: int, min_slices: int, device
     return x, mask
 
 
-def export_program(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], min_slices: int) -> torch.export.ExportedProgram:
-    """`torch.export` of `Deployable(model)` in export mode, dynamic in batch and slices."""
+def export_program(
+    model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], min_slices: int, single_input: bool = False
+) -> torch.export.ExportedProgram:
+    """`torch.export` of `Deployable(model)` (inputs `x`, `mask`), or with `single_input` of `NanPadded(model)`
+    (input `image`, padding as NaN slices), in export mode, dynamic in batch and slices."""
+    wrapped, args, names = Deployable(model), example, ("x", "mask")
+    if single_input:
+        wrapped, args, names = NanPadded(model), (nan_padded(*example),), ("image",)
     with export_mode(model), size_oblivious(), torch.no_grad():
         try:
-            return torch.export.export(Deployable(model).eval(), example, dynamic_shapes=dynamic_shapes(min_slices))
+            return torch.export.export(wrapped.eval(), args, dynamic_shapes=dynamic_shapes(min_slices, names))
         except Exception as err:  # the exporters raise many types; the user needs one line and the cause
             raise ExportError(f"torch.export failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from err
 
@@ -75,8 +81,17 @@ def load_pt2(path: Path) -> nn.Module:
     return torch.export.load(str(path)).module()
 
 
-def save_onnx(program: torch.export.ExportedProgram, example: tuple[torch.Tensor, torch.Tensor], path: Path, min_slices: int) -> int:
-    """The exported program as one self-contained .onnx file (inputs `x`, `mask`; output `logits`); returns its opset."""
+def save_onnx(
+    program: torch.export.ExportedProgram,
+    example: tuple[torch.Tensor, torch.Tensor],
+    path: Path,
+    min_slices: int,
+    metadata: dict[str, str],
+) -> int:
+    """The exported program as one self-contained .onnx file (inputs `x`, `mask`; output `logits`) with
+    `metadata` as its `metadata_props` (`describe.onnx_metadata_props`); returns its opset."""
+    import onnx
+
     with size_oblivious(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # progress lines and axis-renaming notes of the exporter
         try:
@@ -94,16 +109,21 @@ def save_onnx(program: torch.export.ExportedProgram, example: tuple[torch.Tensor
         except Exception as err:
             raise ExportError(f"ONNX export failed: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from err
     onnx_program.save(str(path), external_data=False)
+    proto = onnx.load(str(path))
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.save(proto, str(path))
     return int(next(op.version for op in onnx_program.model_proto.opset_import if op.domain in ("", "ai.onnx")))
 
 
-def onnx_runner(path: Path):
-    """`run(x, mask) -> logits` through ONNX Runtime on the CPU."""
+def onnx_runner(path: Path, min_slices: int):
+    """`run(x, mask) -> logits` through ONNX Runtime on the CPU; refuses fewer than `min_slices` slices
+    (`TooFewSlicesError`), which the graph itself would run on silently."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        require_slices(x, min_slices, f"the input of {path.name}")
         return session.run(["logits"], {"x": x.cpu().numpy().astype(np.float32), "mask": mask.cpu().numpy().astype(bool)})[0]
 
     return run

@@ -1,13 +1,22 @@
-"""A MONAI bundle of a trained model: configs/metadata.json, configs/inference.json, models/model.pt, docs/README.md.
+"""A standalone MONAI bundle of a trained model: it runs where only MONAI, torch and nibabel are installed.
 
-`configs/inference.json` builds the network with `network_def` (`bundle_network` below: the
-registered TransMed model with the checkpoint's constructor arguments, no download) and its
-`initialize` step loads `models/model.pt`, a plain state dict (`torch.load(weights_only=True)`).
-MONAI's tools read it as any bundle (`monai.bundle.ConfigParser`, `monai.bundle.run`, `verify_net_in_out`);
-it holds the network and weights, not a MONAI data pipeline, so it is no full `workflow_type="inference"` bundle.
-The network takes `image` (B, M, S, H, W) float32 in [0, 1] (M modalities as channels, S slices,
-any S) and an optional `mask` (B, M, S) bool of real slices; it returns logits (B, K). The data
-pipeline (reading, resampling, intensity scaling) is TransMed's, described in metadata.json.
+    BUNDLE/configs/metadata.json    MONAI's metadata (schema 20240725), plus `transmed`: `describe.describe`
+    BUNDLE/configs/inference.json   read one file per modality, TransMed's preprocessing as stock MONAI
+                                    transforms, the network, probabilities to eval/predictions.json
+    BUNDLE/models/model.pt2         the network as a `torch.export` program (`NanPadded`: input `image`)
+    BUNDLE/scripts/                 the slice check, stacking, the inference loop (`bundle_scripts/`)
+    BUNDLE/docs/README.md           the model card
+
+    cd BUNDLE && python -m monai.bundle run --config_file configs/inference.json \
+        --study#T1 /data/P003/T1.nii.gz --study#T2 /data/P003/T2.nii.gz [--output_file out.json]
+
+The network is a `torch.export` program (`.pt2`, read with `torch.export.load`) rather than
+TorchScript: `torch.jit.trace` would freeze the slice count of the trace and TransMed (timm
+stems) does not script, while the exported program keeps batch and slices dynamic and needs no
+Python class of transmed or timm to load. `torch.export.load(...).module()` refuses `.eval()`,
+which MONAI's tools call, so `network_def` wraps its graph in a plain `torch.fx.GraphModule`. The
+network takes one tensor, as MONAI's tools call it: (B, M, S, H, W) in [0, 1], modalities as
+channels, padded slices and missing modalities NaN.
 
 Offline verification: `verify_metadata` downloads the JSON schema named in metadata.json's
 `schema` field unless a file is already at `filepath` (with a matching hash, when one is given).
@@ -15,11 +24,11 @@ A copy of that schema (`meta_schema_20240725.json`: the MONAI-extra-test-data 0.
 as kept in Project-MONAI/project-monai.github.io under public/schema/) ships next to this module;
 `verify_bundle` passes it with its md5, so no network is needed. From the shell:
 
-    python -m monai.bundle verify_metadata --meta_file BUNDLE/configs/metadata.json \\
-        --filepath "$(python -c 'import transmed.deploy.monai_bundle as b; print(b.SCHEMA_FILE)')" \\
+    python -m monai.bundle verify_metadata --meta_file BUNDLE/configs/metadata.json \
+        --filepath "$(python -c 'import transmed.deploy.monai_bundle as b; print(b.SCHEMA_FILE)')" \
         --hash_val 76e1add273836515d0bbb3bc71962474
-    python -m monai.bundle verify_net_in_out network_def --meta_file BUNDLE/configs/metadata.json \\
-        --config_file BUNDLE/configs/inference.json
+    python -m monai.bundle verify_net_in_out network_def --meta_file BUNDLE/configs/metadata.json \
+        --config_file BUNDLE/configs/inference.json --bundle_root BUNDLE
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -40,20 +49,15 @@ from torch import nn
 
 from ..core.errors import TransMedError
 from ..core.labels import LabelSpec
-from ..models.factory import dropped_modality_indices, model_kwargs
-from ..models.registry import create_model
-from .common import ExportError, input_geometry
+from .common import ExportError
+from .describe import describe
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 SCHEMA_FILE = Path(__file__).with_name("meta_schema_20240725.json")
 SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"  # of the vendored copy: verify_metadata checks it
+SCRIPTS = Path(__file__).with_name("bundle_scripts")
 TRANSMED_PAPER = "Dai, Gao & Liu, 'TransMed: Transformers Advance Multi-modal Medical Image Classification', Diagnostics 11(8), 2021"
-
-
-def bundle_network(model_name: str, drop_modalities: Sequence[int] = (), **kwargs) -> nn.Module:
-    """What a bundle's `network_def` builds: `create_model(model_name, **kwargs)` without pretrained
-    weights (the bundle's own follow), seeing `drop_modalities` as missing in eval mode."""
-    return create_model(model_name, **{**kwargs, "pretrained": False, "drop_modalities": list(drop_modalities)})
+ORIENTATION_LABELS = [["L", "R"], ["P", "A"], ["I", "S"]]  # as data/nifti.py: the readers give RAS affines
 
 
 def is_bundle(folder: Path) -> bool:
@@ -63,9 +67,8 @@ def is_bundle(folder: Path) -> bool:
 def metadata(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int], eval_metrics: dict) -> dict:
     import monai
 
-    geo = input_geometry(cfg)
-    m, size = len(geo["modalities"]), geo["image_size"]
-    kind = "sigmoid per task (multilabel)" if spec.kind == "multilabel" else "softmax over classes (multiclass)"
+    info = describe(cfg, spec, epoch)
+    m, size, low, pre = len(info["modalities"]), info["image_size"], info["min_slices"], info["preprocessing"]
     return {
         "schema": SCHEMA_URL,
         "version": "0.1.0",
@@ -73,26 +76,29 @@ def metadata(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int], eval_metric
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
-        "required_packages_version": {"transmed": _transmed_version(), "timm": _version("timm"), "einops": _version("einops")},
+        "required_packages_version": {"nibabel": _version("nibabel")} if pre["format"] == "nifti" else {},
         "name": f"TransMed {cfg.model.name} ({cfg.model.backbone})",
         "task": f"{spec.kind} classification of multi-modal MRI studies: {', '.join(spec.names)}",
         "description": (
             f"TransMed (CNN stem {cfg.model.backbone} + transformer fusion) over {m} modalities "
-            f"({', '.join(geo['modalities'])}) as slice stacks of {size}x{size} pixels in [0, 1]. "
-            f"Input 'image' (batch, modality, slice, height, width), any number of slices >= {geo['min_slices']}; "
-            f"optional forward argument 'mask' (batch, modality, slice) bool, True for real slices (padding and "
-            f"missing modalities False; without it every slice is real). Output: logits; probabilities by {kind}. "
-            f"Preprocessing: TransMed's {cfg.data.format} pipeline (transmed.data.preprocessing). A research model, not for diagnosis."
+            f"({', '.join(info['modalities'])}). `python -m monai.bundle run --config_file configs/inference.json "
+            f"{' '.join(f'--study#{name} FILE' for name in info['modalities'])}` reads one file per modality, "
+            f"preprocesses it as training did ({pre['reader']}; orientation {pre['orientation']}; intensity "
+            f"{pre['intensity']['method']} to [0, 1]; {pre['in_plane']}) and writes eval/predictions.json "
+            f"({info['probabilities']}). The network takes 'image' (batch, modality, slice, height, width), "
+            f"{size}x{size} pixels, any number of slices >= {low}; padded slices and missing modalities are NaN. "
+            "A research model, not for diagnosis."
         ),
         "authors": "TransMed contributors",
         "copyright": "Copyright (c) TransMed contributors",
         "data_source": f"{cfg.data.format} data at {cfg.data.root}",
-        "data_type": "numpy" if cfg.data.format in ("mrnet", "synthetic") else "nibabel",
-        "image_classes": f"{m} MRI modalities as channels: {', '.join(geo['modalities'])}",
+        "data_type": "nibabel" if pre["format"] == "nifti" else "numpy",
+        "image_classes": f"{m} MRI modalities as channels: {', '.join(info['modalities'])}",
         "pred_classes": ", ".join(spec.names),
         "eval_metrics": eval_metrics,
         "intended_use": "Research on multi-modal MRI classification. Not a medical device; not for diagnosis or treatment decisions.",
         "references": [TRANSMED_PAPER],
+        "transmed": info,
         "network_data_format": {
             "inputs": {
                 "image": {
@@ -100,20 +106,11 @@ def metadata(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int], eval_metric
                     "format": "magnitude",
                     "modality": "MR",
                     "num_channels": m,
-                    "spatial_shape": ["*", size, size],
+                    "spatial_shape": ["*" if low == 1 else f"{low}*n", size, size],  # verify_net_in_out's fake input needs >= low slices
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "is_patch_data": False,
-                    "channel_def": {str(i): name for i, name in enumerate(geo["modalities"])},
-                },
-                "mask": {
-                    "type": "tensor",
-                    "format": "bool mask of real slices (forward keyword argument, optional)",
-                    "num_channels": m,
-                    "spatial_shape": ["*"],
-                    "dtype": "bool",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
+                    "channel_def": {str(i): name for i, name in enumerate(info["modalities"])},
                 },
             },
             "outputs": {
@@ -132,46 +129,134 @@ def metadata(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int], eval_metric
     }
 
 
-def inference_config(cfg: DictConfig, spec: LabelSpec) -> dict:
-    kwargs = {k: v for k, v in model_kwargs(cfg, spec.num_outputs).items() if k != "pretrained"}
-    network_def = {
-        "_target_": "transmed.deploy.monai_bundle.bundle_network",
-        "model_name": cfg.model.name,
-        "drop_modalities": dropped_modality_indices(cfg),
-        **kwargs,
-    }
+def preprocessing_transforms(cfg: DictConfig, info: dict) -> list[dict]:
+    """`data.datasets.preprocessing(cfg)` and the stored type's rounding as stock MONAI transforms (plus the
+    bundle's slice check and stacking), ending in `image` (M, S, H, W)."""
+    pre, keys, low = info["preprocessing"], info["modalities"], info["min_slices"]
+    size, num_slices = info["image_size"], cfg.data.num_slices
+    check = {"_target_": "scripts.inference.CheckSlicesd", "keys": keys, "min_slices": low}
+    resize = {"_target_": "Resized", "keys": keys, "spatial_size": [num_slices or -1, size, size], "mode": "trilinear", "anti_aliasing": True}
+    if pre["format"] == "nifti":
+        slice_dim = pre["slice_axis"] + 1  # channel first
+        rows, cols = sorted({1, 2, 3} - {slice_dim}, reverse=True)
+        intensity = pre["intensity"]
+        reference, others = keys[0], keys[1:]
+        stages = [
+            {"_target_": "LoadImaged", "keys": keys, "reader": "NibabelReader", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": keys},
+            {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS", "labels": ORIENTATION_LABELS},
+            {**check, "slice_dim": slice_dim},
+            {
+                "_target_": "ScaleIntensityRangePercentilesd",
+                "keys": keys,
+                "lower": intensity["lower"],
+                "upper": intensity["upper"],
+                "b_min": intensity["range"][0],
+                "b_max": intensity["range"][1],
+                "clip": intensity["clip"],
+            },
+        ]
+        if cfg.data.spacing:
+            stages.append({"_target_": "Spacingd", "keys": reference, "pixdim": list(cfg.data.spacing), "mode": "bilinear", "padding_mode": "zeros"})
+        if others:
+            stages.append(
+                {"_target_": "ResampleToMatchd", "keys": others, "key_dst": reference, "mode": "bilinear", "padding_mode": "zeros", "dtype": "$numpy.float32"}
+            )
+        square = (
+            {"_target_": "ResizeWithPadOrCropd", "keys": keys, "spatial_size": [-1, size, size]}
+            if cfg.data.spacing
+            else {"_target_": "Lambdad", "keys": keys, "func": "$lambda x: monai.transforms.SpatialPad((-1, max(x.shape[-2:]), max(x.shape[-2:])))(x)"}
+        )
+        stages += [
+            {"_target_": "Transposed", "keys": keys, "indices": [0, slice_dim, rows, cols]},
+            {"_target_": "Flipd", "keys": keys, "spatial_axis": 1},
+            square,
+            resize,
+            {**check, "when": "after resampling onto the common grid"},
+        ]
+    else:
+        stages = [
+            {"_target_": "LoadImaged", "keys": keys, "reader": "NumpyReader", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": keys, "channel_dim": "no_channel"},
+            check,
+            {"_target_": "ScaleIntensityd", "keys": keys, "minv": 0.0, "maxv": 1.0},
+            resize,
+        ]
+    stages.append({"_target_": "EnsureTyped", "keys": keys, "data_type": "tensor", "dtype": "$torch.float32", "track_meta": False})
+    if pre["stored_as"] == "uint8":
+        stages.append({"_target_": "Lambdad", "keys": keys, "func": "$lambda x: (x * 255.0).round().clamp(0, 255).to(torch.uint8).float() / 255.0"})
+    elif pre["stored_as"] == "float16":
+        stages += [{"_target_": "CastToTyped", "keys": keys, "dtype": "$torch.float16"}, {"_target_": "CastToTyped", "keys": keys, "dtype": "$torch.float32"}]
+    stages.append({"_target_": "scripts.inference.StackModalitiesd", "keys": keys, "name": "image"})
+    return stages
+
+
+def inference_config(cfg: DictConfig, spec: LabelSpec, device: str = "cpu") -> dict:
+    """configs/inference.json; `device`: where the program was traced (its constants live there)."""
+    info = describe(cfg, spec)
     return {
-        "imports": ["$import torch", "$import transmed.deploy.monai_bundle"],
+        "imports": ["$import numpy", "$import torch", "$import monai"],
         "bundle_root": ".",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "ckpt_path": "$@bundle_root + '/models/model.pt'",
-        "network_def": network_def,
-        "network": "$@network_def.to(@device)",
-        "inferer": {"_target_": "SimpleInferer"},
-        "initialize": ["$@network.load_state_dict(torch.load(@ckpt_path, map_location=@device, weights_only=True))", "$@network.eval()"],
-        "run": ["$@network.eval()"],
+        "device": f"$torch.device('{torch.device(device).type}')",
+        "modalities": info["modalities"],
+        "label_names": info["label_names"],
+        "task": info["task"],
+        "temperature": info["temperature"],
+        "study": {"id": "", **{name: "" for name in info["modalities"]}},
+        "datalist": ["@study"],
+        "output_file": "$@bundle_root + '/eval/predictions.json'",
+        "program": "$torch.export.load(@bundle_root + '/models/model.pt2').module()",
+        "network_def": "$torch.fx.GraphModule(@program, @program.graph)",
+        "network": "$@network_def.to(@device).eval()",
+        "preprocessing": {"_target_": "Compose", "transforms": preprocessing_transforms(cfg, info)},
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "run": [
+            {
+                "_target_": "scripts.inference.predict",
+                "network": "@network",
+                "dataset": "@dataset",
+                "modalities": "@modalities",
+                "label_names": "@label_names",
+                "task": "@task",
+                "temperature": "@temperature",
+                "output_file": "@output_file",
+                "device": "@device",
+            }
+        ],
     }
 
 
-def write_bundle(folder: Path, cfg: DictConfig, spec: LabelSpec, state: dict, card: str, epoch: Optional[int], eval_metrics: dict) -> None:
-    for sub in ("configs", "models", "docs"):
+def write_bundle(
+    folder: Path,
+    cfg: DictConfig,
+    spec: LabelSpec,
+    program: torch.export.ExportedProgram,
+    card: str,
+    epoch: Optional[int],
+    eval_metrics: dict,
+    device: str = "cpu",
+) -> None:
+    """The bundle's files; `program`: `graph.export_program(..., single_input=True)`, traced on `device`."""
+    for sub in ("configs", "models", "docs", "scripts"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     _write_json(folder / "configs" / "metadata.json", metadata(cfg, spec, epoch, eval_metrics))
-    _write_json(folder / "configs" / "inference.json", inference_config(cfg, spec))
-    torch.save({k: v.contiguous() for k, v in state.items()}, folder / "models" / "model.pt")
+    _write_json(folder / "configs" / "inference.json", inference_config(cfg, spec, device))
+    torch.export.save(program, str(folder / "models" / "model.pt2"))
+    for script in sorted(SCRIPTS.glob("*.py")):
+        shutil.copyfile(script, folder / "scripts" / script.name)
     (folder / "docs" / "README.md").write_text(card)
 
 
 def load_bundle_network(folder: Path, device: str = "cpu") -> nn.Module:
-    """The bundle's network with its weights, as MONAI builds it from configs/inference.json (its `initialize` step)."""
+    """The bundle's network (`image` -> logits) as MONAI builds it from configs/inference.json."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(folder / "configs" / "inference.json"))
     parser["bundle_root"] = str(folder)
     parser["device"] = f"$torch.device('{device}')"
-    parser.get_parsed_content("initialize")
-    return parser.get_parsed_content("network")
+    with _quiet_monai():
+        return parser.get_parsed_content("network")
 
 
 def verify_bundle(folder: Path, device: str = "cpu") -> None:
@@ -184,7 +269,7 @@ def verify_bundle(folder: Path, device: str = "cpu") -> None:
         shutil.copyfile(SCHEMA_FILE, schema)  # already there: verify_metadata skips the download
         try:
             verify_metadata(meta_file=str(meta), filepath=str(schema), hash_val=SCHEMA_MD5, hash_type="md5")
-            verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device=device)
+            verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device=device, bundle_root=str(folder))
         except (ValueError, KeyError, RuntimeError) as err:
             if isinstance(err, TransMedError):
                 raise
@@ -218,9 +303,3 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "unknown"
-
-
-def _transmed_version() -> str:
-    from ..core import __version__
-
-    return __version__
