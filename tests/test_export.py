@@ -1,4 +1,4 @@
-"""transmed export: ONNX and torch.export parity, the MONAI bundle, the hub folder, safetensors, bad input."""
+"""transmed export: ONNX and torch.export parity, ONNX metadata and prediction from it, the MONAI bundle, the hub folder, safetensors, bad input."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import torch
 from conftest import tiny_overrides
 
 from transmed.commands import export as export_command
+from transmed.commands import predict as predict_command
 from transmed.commands._common import run_main
 from transmed.config import load_config, to_dict
 from transmed.core.checkpoint import save_checkpoint
 from transmed.data import label_spec
+from transmed.evaluation.prediction import predict_study
 from transmed.deploy import export_checkpoint
-from transmed.deploy.common import TOLERANCE
+from transmed.deploy.common import TOLERANCE, check_parity
 from transmed.models import build_model
 from transmed.models.loading import load_trained
 
@@ -70,7 +72,7 @@ def test_onnx_command_matches_pytorch_under_onnxruntime(stride1, runs, capsys):
     out = runs / "model.onnx"
     run_main(lambda: export_command.main(["--checkpoint", str(stride1), "--format", "onnx", "--out", str(out)]))
     printed = capsys.readouterr().out
-    assert "largest |logit difference|" in printed and "ONNX opset" in printed
+    assert "largest |logit difference|" in printed and "ONNX opset" in printed and "metadata_props" in printed
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     model = load_trained(stride1, device="cpu").model
     for slices in (4, 9):
@@ -79,6 +81,51 @@ def test_onnx_command_matches_pytorch_under_onnxruntime(stride1, runs, capsys):
         with torch.no_grad():
             np.testing.assert_allclose(got, model(x, mask).numpy(), atol=TOLERANCE, rtol=0)
     assert not list(runs.glob(".partial-*"))
+
+
+def test_onnx_file_describes_itself_and_predicts_alone(stride1, runs, mrnet_root, capsys):
+    import onnx
+
+    out = runs / "model.onnx"
+    if not out.exists():
+        export_checkpoint(stride1, "onnx", out, check=False)
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["label_names"]) == ["abnormal", "acl", "meniscus"] and props["task"] == "multilabel"
+    assert json.loads(props["modalities"]) == ["sagittal", "coronal", "axial"] and props["image_size"] == "32"
+    assert props["min_slices"] == "3" and float(props["temperature"]) == 1.0
+    preprocessing = json.loads(props["preprocessing"])
+    assert preprocessing["intensity"]["method"] == "min-max" and preprocessing["stored_as"] == "uint8"
+
+    files = {plane: mrnet_root / "valid" / plane / "0024.npy" for plane in ("axial", "sagittal", "coronal")}  # named: any order
+    named = [f"{plane}={path}" for plane, path in files.items()]
+    expected = predict_study(stride1, files)
+    run_main(lambda: predict_command.main(["--checkpoint", str(out), *named]))
+    got = json.loads(capsys.readouterr().out)
+    assert got["inputs"] == expected["inputs"] and got["id"] == expected["id"] == "0024"
+    diff = max(abs(got["probabilities"][k] - expected["probabilities"][k]) for k in expected["probabilities"])
+    assert diff <= 1e-4, diff
+
+
+def test_fewer_slices_than_a_group_are_refused_in_every_format(stride1, runs, mrnet_root, tmp_path, capsys):
+    from transmed.deploy.common import TooFewSlicesError
+    from transmed.deploy.graph import onnx_runner
+
+    out = runs / "model.onnx"
+    if not out.exists():
+        export_checkpoint(stride1, "onnx", out, check=False)
+    short = tmp_path / "0024.npy"
+    np.save(short, np.load(mrnet_root / "valid" / "coronal" / "0024.npy")[:2])
+    files = [str(mrnet_root / "valid" / "sagittal" / "0024.npy"), str(short), str(mrnet_root / "valid" / "axial" / "0024.npy")]
+    for checkpoint in (stride1, out):
+        with pytest.raises(SystemExit):
+            run_main(lambda: predict_command.main(["--checkpoint", str(checkpoint), *files]))
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "coronal has 2 slices, fewer than the 3" in err, err
+    x, mask = study_batch(2)
+    with pytest.raises(TooFewSlicesError, match="has 2 slices, fewer than the 3 this model needs"):
+        onnx_runner(out, 3)(x, mask)
+    with pytest.raises(TooFewSlicesError, match="has 2 slices"):
+        check_parity(load_trained(stride1, device="cpu").model, onnx_runner(out, 3), [(x, mask)])
 
 
 def test_torch_export_with_stride_3_and_a_dropped_modality(stride3, runs):
@@ -97,24 +144,28 @@ def test_torch_export_with_stride_3_and_a_dropped_modality(stride3, runs):
 def test_monai_bundle_passes_monai_verification(stride1, runs):
     from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
+    from transmed.deploy.common import nan_padded
     from transmed.deploy.monai_bundle import SCHEMA_FILE, SCHEMA_MD5
 
     out = runs / "bundle"
     assert_checked(export_checkpoint(stride1, "monai-bundle", out))
-    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "docs/README.md"):
+    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt2", "scripts/inference.py", "docs/README.md"):
         assert (out / name).is_file(), name
     meta, config = out / "configs" / "metadata.json", out / "configs" / "inference.json"
+    assert "transmed" not in config.read_text()  # no import of this package: the bundle runs without it
     verify_metadata(meta_file=str(meta), filepath=str(SCHEMA_FILE), hash_val=SCHEMA_MD5)  # the vendored schema: no download
-    verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device="cpu", any=7)
-    parser = ConfigParser()  # as MONAI runs the bundle: build network_def, then `initialize` loads models/model.pt
+    verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device="cpu", bundle_root=str(out), n=3)
+    parser = ConfigParser()  # as MONAI builds the network from configs/inference.json
     parser.read_config(str(config))
     parser["bundle_root"] = str(out)
-    parser["device"] = "$torch.device('cpu')"
-    parser.get_parsed_content("initialize")
     network = parser.get_parsed_content("network")
     model = load_trained(stride1, device="cpu").model
-    assert all(torch.equal(a, b) for a, b in zip(network.state_dict().values(), model.state_dict().values()))
-    assert json.loads(meta.read_text())["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    x, mask = study_batch(7)  # padding and a missing modality: NaN slices in the bundle's one input
+    with torch.no_grad():
+        torch.testing.assert_close(network(nan_padded(x, mask)), model(x, mask), atol=TOLERANCE, rtol=0)
+    described = json.loads(meta.read_text())
+    assert described["network_data_format"]["inputs"]["image"]["num_channels"] == 3
+    assert described["transmed"]["min_slices"] == 3 and described["transmed"]["modalities"] == ["sagittal", "coronal", "axial"]
 
 
 def test_hub_folder_round_trips_to_identical_logits(stride3, runs):

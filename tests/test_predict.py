@@ -1,4 +1,4 @@
-"""python -m transmed.predict: same probabilities as evaluate.py for the same study, clear input errors."""
+"""python -m transmed.predict: same probabilities as evaluate.py for the same study, named inputs, clear input errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from test_evaluation import save_untrained
 
 from transmed.commands._common import run_main
-from transmed.commands.predict import main, split_overrides
+from transmed.commands.predict import main, split_items
 from transmed.evaluation.evaluate import evaluate_checkpoint
 from transmed.evaluation.prediction import predict_study
 
@@ -92,7 +92,47 @@ def test_bad_inputs_fail_with_one_clear_line(evaluated, mrnet_root, tmp_path, ca
 def test_overrides_are_told_apart_from_inputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a=b.npy").write_bytes(b"")  # an existing file is an input, whatever its name
-    assert split_overrides(["x.npy", "train.device=cpu", "a=b.npy", "/d/k=v"]) == (["x.npy", "a=b.npy", "/d/k=v"], ["train.device=cpu"])
+    items = ["x.npy", "train.device=cpu", "a=b.npy", "/d/k=v", "seed=1"]
+    assert split_items(items) == (["x.npy", "a=b.npy", "/d/k=v"], {}, ["train.device=cpu", "seed=1"])
+    assert split_items(["T2=b.nii", "train.device=cpu", "T1=a.nii"]) == ([], {"T2": "b.nii", "T1": "a.nii"}, ["train.device=cpu"])
+
+
+def test_named_inputs_in_any_order_and_the_json_says_which_is_which(evaluated, mrnet_root, capsys):
+    checkpoint, frame = evaluated
+    sid = frame.index[2]
+    paths = dict(zip(PLANES, inputs(mrnet_root, sid)))
+    main(["--checkpoint", str(checkpoint), *(f"{plane}={paths[plane]}" for plane in reversed(PLANES))])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["inputs"] == paths and list(printed["inputs"]) == list(PLANES)
+    assert printed["probabilities"]["acl"] == pytest.approx(frame.loc[sid, "prob/acl"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("unknown", "unknown modality 'T2' in T2=PATH; this model takes sagittal, coronal, axial"),
+        ("missing", "no input for modality 'axial'; give one per modality: sagittal=PATH coronal=PATH axial=PATH"),
+        ("twice", "modality 'coronal' is given twice"),
+        ("mixed", "give every input by name"),
+    ],
+)
+def test_bad_names_fail_with_one_line_naming_them(evaluated, mrnet_root, capsys, case, message):
+    checkpoint, _ = evaluated
+    paths = dict(zip(PLANES, inputs(mrnet_root, "0024")))
+    items = [f"{plane}={path}" for plane, path in paths.items()]
+    if case == "unknown":
+        items[2] = f"T2={paths['axial']}"
+    elif case == "missing":
+        items = items[:2]
+    elif case == "twice":
+        items.append(f"coronal={paths['coronal']}")
+    else:
+        items[2] = paths["axial"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: main(["--checkpoint", str(checkpoint), *items]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
 
 
 def test_default_study_id_comes_from_the_file_or_its_folder(tiny_cfg, tmp_path):
