@@ -235,3 +235,28 @@ def test_usage_line_from_another_folder_fails_in_one_line_without_warnings_or_ru
     for noise in ("Traceback", "Warning", "nvImageCodec", "NvImgCodec"):
         assert noise not in result.stderr, result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+WRONG_TYPES = [
+    ("train.lr=abc", "'train.lr': 'abc'; expected a number"),
+    ("train.epochs=1.5", "'train.epochs': 1.5; expected an integer"),
+    ("data.augment=maybe", "'data.augment': 'maybe'; expected true or false"),
+    ("data.num_slices=many", "'data.num_slices': 'many'; expected an integer or null"),
+    ("data.modalities=T1", r"'data.modalities': 'T1'; expected a list of strings \(\[x, y\]\)"),
+    ("data.spacing=[1,a,1]", r"'data.spacing\[1\]': 'a'; expected a number"),
+]
+
+
+@pytest.mark.parametrize("override,match", WRONG_TYPES, ids=[o for o, _ in WRONG_TYPES])
+def test_wrong_type_is_one_line_naming_key_value_and_type(override, match, capsys):
+    code, err = run_command(["train", "--config", "demo.yaml", override], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.fullmatch(rf"error: config: invalid value for config key {match} \(from override '{re.escape(override)}'\)\n", err), err
+
+
+def test_wrong_type_in_a_yaml_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"invalid value for config key 'train.lr': 'fast'; expected a number (from {path})"

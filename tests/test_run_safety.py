@@ -155,3 +155,31 @@ def test_safetensors_export(mrnet_root, tmp_path):
         assert json.loads(f.metadata()["config"])["model"]["backbone"] == "test_resnet"
         for key in state:
             assert torch.equal(f.get_tensor(key), state[key])
+
+
+def test_ctrl_c_exits_130_with_the_resume_command_and_the_resumed_run_ends_with_its_best(mrnet_root, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) once epoch 1 is reported: exit 130, one line that
+    gives the resume command, no traceback; that command finishes the run, whose last line names the best checkpoint."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = _train_cmd(mrnet_root, tmp_path, **{"train.epochs": "3", "run_name": "r"})
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1:"):
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "interrupted" in line or "resume" in line]
+    assert len(lines) == 1 and lines[0] == err.strip().splitlines()[-1], err
+    run = tmp_path / "r"
+    resume = f"transmed train --config {run / 'config.yaml'} train.resume=auto"
+    assert lines[0].startswith("interrupted in epoch ") and lines[0].endswith(f"; resume with: {resume}"), lines[0]
+
+    transmed = Path(sys.executable).with_name("transmed")  # the console script of this environment
+    resumed = subprocess.run([str(transmed), *resume.split()[1:]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [row["epoch"] for row in _metrics(run)] == [1, 2, 3]
+    best = json.loads((run / "summary.json").read_text())["best"]
+    last_line = resumed.stdout.strip().splitlines()[-1]
+    assert last_line == f"best val/auc {best['val/auc']:.4f} at epoch {best['epoch']}: {run / 'checkpoints' / 'best.pt'}"

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig
 
 from ..config import load_config
+from ..core.errors import TransMedError
 from ._common import add_config, parser_for
 
 
@@ -43,15 +44,22 @@ def best_line(run_dir: Path) -> str:
 
 
 def interrupted(cfg: DictConfig) -> str:
-    """The one line Ctrl-C leaves: how far the run got and the command that continues it (`train.resume=auto`
+    """The one line Ctrl-C leaves: the last epoch saved and the command that continues the run (`train.resume=auto`
     reads `last.pt`; the run's own config.yaml holds its run_name and output_dir)."""
     run_dir = Path(cfg.output_dir) / cfg.run_name
     if not (run_dir / "config.yaml").is_file():
         return "interrupted before the run started; nothing was written"
-    metrics = run_dir / "metrics.jsonl"
-    done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
-    saved = f"epochs 1-{done} saved" if done > 1 else "epoch 1 saved" if done == 1 else "no epoch finished"
-    return (
-        f"interrupted in epoch {done + 1} of {cfg.train.epochs} ({saved}); resume with: "
-        f"transmed train --config {run_dir / 'config.yaml'} train.resume=auto"
-    )
+    saved = _saved_epoch(run_dir / "checkpoints" / "last.pt")
+    where = f"in epoch {saved + 1} of {cfg.train.epochs}" if saved < cfg.train.epochs else "after the last epoch"
+    done = "no epoch saved yet" if saved == 0 else "epoch 1 saved" if saved == 1 else f"epochs 1-{saved} saved"
+    return f"interrupted {where} ({done}); resume with: transmed train --config {run_dir / 'config.yaml'} train.resume=auto"
+
+
+def _saved_epoch(last: Path) -> int:
+    """The epoch `last.pt` holds (where `train.resume=auto` continues), 0 without one."""
+    from ..core.checkpoint import load_checkpoint
+
+    try:
+        return int(load_checkpoint(last)["epoch"]) if last.is_file() else 0
+    except TransMedError:
+        return 0

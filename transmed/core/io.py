@@ -6,9 +6,11 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .errors import RunDirError
 
@@ -25,11 +27,29 @@ def umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Ctrl-C inside the block takes effect when it ends: a `KeyboardInterrupt` inside `torch.save` leaves its zip
+    writer raising a `RuntimeError` instead, which the commands cannot tell from a bug. Only where Python's own
+    SIGINT handler is installed (the main thread; a program with its own handler keeps it)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     The file gets the mode a plain `open` would give (0666 less the umask: 0644 under umask 022);
-    `mkstemp` alone would leave it readable by its owner only."""
+    `mkstemp` alone would leave it readable by its owner only. Ctrl-C waits until the file is in place."""
     path = Path(path)
     if path.is_dir():
         raise RunDirError(f"cannot write {path}: it is a folder; give a file path")
@@ -39,12 +59,13 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except OSError as err:
         raise RunDirError(f"cannot write {path}: {err.strerror or err}") from None
     try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask())
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with sigint_deferred():
+            with os.fdopen(fd, mode) as f:
+                os.fchmod(f.fileno(), 0o666 & ~umask())
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
