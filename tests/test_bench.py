@@ -92,6 +92,31 @@ def test_factory_passes_fast_path_keys_to_transmed_only(tiny_cfg):
             build_model(cfg, 3)  # the baselines are built from the same config without those arguments
 
 
+def test_the_benchmark_trains_with_the_trainers_own_step(monkeypatch):
+    """bench.py is "a shorter train.py": its step is `engine.trainer.train_step` per micro-batch, then `optimizer_step`."""
+    from transmed.engine import trainer
+    from transmed.experiments.benchmark import sections
+    from transmed.experiments.benchmark.plan import Shape
+
+    assert sections.train_step is trainer.train_step and sections.optimizer_step is trainer.optimizer_step
+    calls = []
+
+    def spy(model, batch, *rest):
+        calls.append(len(batch["id"]))
+        return trainer.train_step(model, batch, *rest)
+
+    monkeypatch.setattr(sections, "train_step", spy)
+    cpu = torch.device("cpu")
+    shape = Shape("t", 2, 5, 32, 2, TINY_BACKBONE, depth=1)
+    cfg = sections.bench_config(shape, cpu, {"model.name": "transmed_small", "train.accumulate": 2, "train.amp": False})
+    assert (cfg.model.variant, cfg.train.accumulate, cfg.train.amp) == ("small", 2, False)
+    model = sections._model(cfg, cpu)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    sections.train_step_of(model, cfg, sections.bench_inputs(shape, cpu), cpu)()
+    assert calls == [1, 1]  # two half-size micro-batches, one optimizer step
+    assert any(not torch.equal(before[name], p) for name, p in model.named_parameters())
+
+
 def test_bench_covers_transmed_and_every_registered_baseline():
     names = bench_models()
     assert names[:2] == ["transmed_tiny", "transmed_small"]

@@ -137,10 +137,39 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
 
 
+def train_step(
+    model: nn.Module, batch: dict, criterion: nn.Module, spec, device: torch.device, cfg: DictConfig, augment=None
+) -> torch.Tensor:
+    """One batch forward and backward, as training does it; the benchmark times this very function.
+
+    The stored batch goes to the device (and through `augment` there, one draw per study),
+    `train.modality_dropout` drops whole modalities, the forward runs under autocast (`train.amp`),
+    and the loss's gradient, scaled by 1 / `train.accumulate`, is added to the parameters'.
+    Returns the loss, still on the device (reading it is the caller's one host sync).
+    """
+    x, mask = to_device(batch, device, augment)  # float32 in [0, 1], made (and augmented) there
+    y = targets(batch["label"], spec, device)
+    if cfg.train.modality_dropout:
+        mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
+    with autocast(device, cfg.train.amp):
+        loss = criterion(model(x, mask).float(), y)
+    (loss / cfg.train.accumulate).backward()
+    return loss.detach()
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, cfg: DictConfig) -> None:
+    """After `train.accumulate` train steps: gradient clipping (`train.grad_clip`), the optimizer and schedule steps, gradients cleared."""
+    if cfg.train.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(
     model, loader, criterion, optimizer, scheduler, spec, device, cfg, epoch: int, show_progress: bool = True, augment="auto"
 ) -> float:
-    """One pass over the training data; an optimizer step every `train.accumulate` batches.
+    """One pass over the training data: a `train_step` per batch, an `optimizer_step` every `train.accumulate` batches.
 
     `augment`: the batch augmentation (`data.augment_on: device`), seeded by the caller; "auto"
     makes the trainer's own for (seed, epoch, RANK); None: none.
@@ -148,31 +177,20 @@ def train_one_epoch(
     if augment == "auto":
         augment = training_augment(cfg, device, cfg.seed * 1000 + epoch, int(os.environ.get("RANK", "0") or 0))
     train_mode(model)  # frozen stem stages keep their BatchNorm statistics
-    total, count, accumulate = 0.0, 0, cfg.train.accumulate
+    total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     desc = f"epoch {epoch}/{cfg.train.epochs}"
     bar = progress(loader, desc=desc, unit="batches") if show_progress else tqdm(loader, disable=True)
     for step, batch in enumerate(bar):
-        x, mask = to_device(batch, device, augment)  # float32 in [0, 1], made (and augmented: one draw per study) there
-        y = targets(batch["label"], spec, device)
-        if cfg.train.modality_dropout:
-            mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
-        with autocast(device, cfg.train.amp):
-            loss = criterion(model(x, mask).float(), y)
-        value = loss.item()  # the step's one host sync
+        value = train_step(model, batch, criterion, spec, device, cfg, augment).item()  # the step's one host sync
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"loss is {value} at epoch {epoch}, step {step}, studies {batch['id']}; the last good checkpoint is kept"
             )
-        (loss / accumulate).backward()
-        if (step + 1) % accumulate == 0 or step + 1 == len(loader):
-            if cfg.train.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        total += value * len(y)
-        count += len(y)
+        if (step + 1) % cfg.train.accumulate == 0 or step + 1 == len(loader):
+            optimizer_step(model, optimizer, scheduler, cfg)
+        total += value * len(batch["id"])
+        count += len(batch["id"])
         bar.set_postfix(loss=f"{total / count:.4f}")
     return total / max(count, 1)
 

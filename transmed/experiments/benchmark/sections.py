@@ -11,14 +11,21 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
 from ...config import load_config
+from ...core.labels import LabelSpec
+from ...data.augment import training_augment
+from ...data.collate import to_float
+from ...engine.losses import build_loss
+from ...engine.trainer import build_optimizer, optimizer_step, train_step, warmup_cosine
 from ...engine.utils import autocast
 from ...models import build_model, list_models
+from ...models.finetune import train_mode
+from ...models.registry import fixed_arguments
 from ...models.tokens import group_slices
 from .measure import Case, count_flops, measure, ratio_rounds, verdict
 from .plan import FUSION_GOAL, NUM_OUTPUTS, TRANSMED_MODELS, Plan, Shape
@@ -28,8 +35,17 @@ Log = Callable[[str], None]
 # ---------------------------------------------------------------- models and steps
 
 
+SPEC = LabelSpec("multilabel", tuple(f"task{i}" for i in range(NUM_OUTPUTS)))
+
+
 def bench_config(shape: Shape, device: torch.device, overrides: Optional[dict] = None) -> DictConfig:
-    """The config the models of `shape` are built from (as training builds them)."""
+    """The config the models of `shape` are built from and trained with (as training builds them).
+
+    A name that fixes the variant (`transmed_small`) gets it as `model.variant` too.
+    """
+    overrides = dict(overrides or {})
+    name = overrides.get("model.name", "transmed")
+    fixed = fixed_arguments(name) if name in list_models() else {}
     items = {
         "data.modalities": "[" + ",".join(f"m{i}" for i in range(shape.modalities)) + "]",
         "data.image_size": shape.image_size,
@@ -40,17 +56,21 @@ def bench_config(shape: Shape, device: torch.device, overrides: Optional[dict] =
     }
     if shape.depth is not None:
         items["model.depth"] = shape.depth
-    items.update(overrides or {})
-    return load_config(None, [f"{k}={v}" for k, v in items.items()])
+    if "variant" in fixed:
+        items["model.variant"] = fixed["variant"]
+    items.update(overrides)
+    return load_config(None, [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in items.items()])
 
 
-def bench_inputs(shape: Shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Seeded x (B, M, S, H, W), all-real mask and multi-label targets."""
+def bench_inputs(shape: Shape, device: torch.device) -> dict:
+    """A seeded batch as the loader gives it (x (B, M, S, H, W) uint8, the compact cache's type; an all-real mask;
+    multi-label targets), already on `device`: the steps time the device's work, not the transfer."""
     gen = torch.Generator().manual_seed(0)
     b, m, s, size = shape.batch, shape.modalities, shape.slices, shape.image_size
-    x = torch.rand(b, m, s, size, size, generator=gen)
+    x = torch.randint(0, 256, (b, m, s, size, size), generator=gen, dtype=torch.uint8)
     y = torch.randint(0, 2, (b, NUM_OUTPUTS), generator=gen).float()
-    return x.to(device), torch.ones(b, m, s, dtype=torch.bool, device=device), y.to(device)
+    mask = torch.ones(b, m, s, dtype=torch.bool)
+    return {"x": x.to(device), "mask": mask.to(device), "label": y.to(device), "id": [f"bench{i}" for i in range(b)]}
 
 
 def _model(cfg: DictConfig, device: torch.device) -> nn.Module:
@@ -58,59 +78,49 @@ def _model(cfg: DictConfig, device: torch.device) -> nn.Module:
     return build_model(cfg, NUM_OUTPUTS).to(device)
 
 
-def _optimizer(model: nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    from ...engine.trainer import build_optimizer
-
-    return build_optimizer(model, cfg)
-
-
-def train_step(
-    model: nn.Module, cfg: DictConfig, inputs: tuple, device: torch.device, amp: bool, accumulate: int = 1
-) -> Callable[[], None]:
-    """Forward, BCE loss, backward (over `accumulate` micro-batches), gradient clipping and an AdamW step, as training does."""
-    model.train()
-    optimizer = _optimizer(model, cfg)
-    x, mask, y = inputs
+def train_step_of(model: nn.Module, cfg: DictConfig, batch: dict, device: torch.device) -> Callable[[], None]:
+    """One optimizer step of the trainer, made of its own `train_step` and `optimizer_step`: the config decides the
+    loss, augmentation, modality dropout, amp, schedule, clipping and `train.accumulate` (micro-batches of `batch`)."""
+    train_mode(model)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = warmup_cosine(optimizer, 1, 10**6)
+    criterion = build_loss(SPEC, np.array([[0.0] * NUM_OUTPUTS, [1.0] * NUM_OUTPUTS]), cfg.train.class_weights).to(device)
+    augment = training_augment(cfg, device, cfg.seed)
+    micro = [{key: value[i :: cfg.train.accumulate] for key, value in batch.items()} for i in range(cfg.train.accumulate)]
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        for xs, ms, ys in zip(x.chunk(accumulate), mask.chunk(accumulate), y.chunk(accumulate)):
-            with autocast(device, amp):
-                loss = F.binary_cross_entropy_with_logits(model(xs, ms).float(), ys) / accumulate
-            loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        for part in micro:
+            train_step(model, part, criterion, SPEC, device, cfg, augment)
+        optimizer_step(model, optimizer, scheduler, cfg)
 
     return step
 
 
-def stem_step(model: nn.Module, cfg: DictConfig, inputs: tuple, device: torch.device, amp: bool) -> tuple[Callable[[], None], int]:
+def stem_step(model: nn.Module, cfg: DictConfig, batch: dict, device: torch.device) -> tuple[Callable[[], None], int]:
     """The floor under a TransMed train step: a copy of its stem alone on the same slice-images.
 
-    Forward, a trivial loss on the pooled features, backward, clipping and the same optimizer over
+    Forward, a trivial loss on the pooled features, backward and the trainer's `optimizer_step` over
     the stem's parameters. Returns the step and the number of slice-images it processes.
     """
-    x, mask, _ = inputs
-    images, group_mask = group_slices(x, mask, model.slice_window, model.slice_stride, model.slice_mode)
+    images, group_mask = group_slices(to_float(batch["x"]), batch["mask"], model.slice_window, model.slice_stride, model.slice_mode)
     images = images[group_mask].contiguous()
     stem = copy.deepcopy(model.stem).train()
-    optimizer = _optimizer(stem, cfg)
+    optimizer = build_optimizer(stem, cfg)
+    scheduler = warmup_cosine(optimizer, 1, 10**6)
 
     def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
+        with autocast(device, cfg.train.amp):
             loss = stem(images).float().mean(dim=(2, 3)).sum()
         loss.backward()
-        nn.utils.clip_grad_norm_(stem.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        optimizer_step(stem, optimizer, scheduler, cfg)
 
     return step, images.shape[0]
 
 
-def infer_step(model: nn.Module, inputs: tuple, device: torch.device, amp: bool) -> Callable[[], None]:
+def infer_step(model: nn.Module, batch: dict, device: torch.device, amp: bool) -> Callable[[], None]:
     """An eval-mode forward pass under `torch.inference_mode`, as evaluation runs it."""
     model.eval()
-    x, mask, _ = inputs
+    x, mask = to_float(batch["x"]), batch["mask"]
 
     def step() -> None:
         with torch.inference_mode(), autocast(device, amp):
@@ -148,10 +158,10 @@ def bench_throughput(plan: Plan, device: torch.device, models: Sequence[str], lo
         for mode in ("train", "infer"):
             cases = []
             for name in models:
-                cfg = bench_config(shape, device, {"model.name": name})
                 for amp in precisions(device):
+                    cfg = bench_config(shape, device, {"model.name": name, "train.amp": amp})
                     model = _model(cfg, device)
-                    step = train_step(model, cfg, inputs, device, amp) if mode == "train" else infer_step(model, inputs, device, amp)
+                    step = train_step_of(model, cfg, inputs, device) if mode == "train" else infer_step(model, inputs, device, amp)
                     info = dict(shape=shape.name, model=name, mode=mode, precision=precision_name(amp), params_m=params_m(model))
                     cases.append(Case(info, step, shape.batch))
             log(f"throughput: {shape.label}, {mode}, {len(cases)} cases")
@@ -182,15 +192,20 @@ def bench_fusion(plan: Plan, device: torch.device, log: Log) -> list[dict]:
     for shape in plan.shapes:
         inputs = bench_inputs(shape, device)
         for name in TRANSMED_MODELS:
-            cfg = bench_config(shape, device, {"model.name": name})
-            no_encoder_cfg = bench_config(shape, device, {"model.name": name})
+            model_only = {
+                "model.name": name,
+                "train.amp": amp,
+                "data.augment": "false",
+            }  # the model's cost: the stem floor augments nothing
+            cfg = bench_config(shape, device, model_only)
+            no_encoder_cfg = bench_config(shape, device, model_only)
             no_encoder_cfg.model.depth = 0  # past the config's validation (a model to train needs layers; this one is a probe)
             full = _model(cfg, device)
-            stem, images = stem_step(full, cfg, inputs, device, amp)
+            stem, images = stem_step(full, cfg, inputs, device)
             steps = {
                 "stem": stem,
-                "no_encoder": train_step(_model(no_encoder_cfg, device), no_encoder_cfg, inputs, device, amp),
-                "full": train_step(full, cfg, inputs, device, amp),
+                "no_encoder": train_step_of(_model(no_encoder_cfg, device), no_encoder_cfg, inputs, device),
+                "full": train_step_of(full, cfg, inputs, device),
             }
             info = dict(shape=shape.name, model=name, precision=precision_name(amp), slice_images=images)
             log(f"fusion: {shape.label}, {name}")
@@ -235,9 +250,9 @@ def bench_scaling(plan: Plan, device: torch.device, log: Log) -> list[dict]:
     for slices, modalities in points:
         shape = replace(base, slices=slices, modalities=modalities)
         inputs = bench_inputs(shape, device)
-        cfg = bench_config(shape, device, {"model.name": "transmed_tiny"})
+        cfg = bench_config(shape, device, {"model.name": "transmed_tiny", "train.amp": amp, "data.augment": "false"})  # as in fusion
         model = _model(cfg, device)
-        stem, images = stem_step(model, cfg, inputs, device, amp)
+        stem, images = stem_step(model, cfg, inputs, device)
         groups = images // (shape.batch * modalities)
         info = dict(
             shape=base.name,
@@ -248,7 +263,7 @@ def bench_scaling(plan: Plan, device: torch.device, log: Log) -> list[dict]:
             tokens=1 + modalities * groups * model.tokenizer.grid_size**2,
         )
         log(f"scaling: {slices} slices x {modalities} modalities")
-        cases = [Case(info, stem, shape.batch), Case(info, train_step(model, cfg, inputs, device, amp), shape.batch)]
+        cases = [Case(info, stem, shape.batch), Case(info, train_step_of(model, cfg, inputs, device), shape.batch)]
         stem_row, full_row = measure(cases, device, plan.rounds, plan.warmup)
         ratio = ratio_rounds(full_row["ms_rounds"], stem_row["ms_rounds"])
         rows.append(
@@ -309,9 +324,10 @@ def bench_fast_paths(plan: Plan, device: torch.device, log: Log) -> list[dict]:
         inputs = bench_inputs(shape, device)
         cases = []
         for path in fast_paths(plan, device, shape)[0]:
-            cfg = bench_config(shape, device, {"model.name": "transmed_tiny", **path.overrides})
+            overrides = {"model.name": "transmed_tiny", "train.amp": path.amp, "train.accumulate": path.accumulate, **path.overrides}
+            cfg = bench_config(shape, device, overrides)
             model = _model(cfg, device)
-            step = train_step(torch.compile(model) if path.compile else model, cfg, inputs, device, path.amp, path.accumulate)
+            step = train_step_of(torch.compile(model) if path.compile else model, cfg, inputs, device)
             cases.append(Case(dict(shape=shape.name, model="transmed_tiny", path=path.name), step, shape.batch))
         log(f"fast paths: {shape.label}, {len(cases)} variants")
         # compiled variants compile in their first step: always warm up at least once
