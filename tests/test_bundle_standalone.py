@@ -46,7 +46,9 @@ def study(tmp_path_factory) -> tuple[Path, Path]:
     """A checkpoint of an untrained tiny NIfTI model (T1, T2) and its root of studies."""
     tmp = tmp_path_factory.mktemp("standalone")
     root = generate_nifti(tmp / "parotid", num_studies=4, seed=7)
-    cfg = load_config(None, tiny_nifti_overrides(root, tmp, **{"model.stem_stage": "1", "model.slice_stride": "1", "data.modalities": "[T1,T2]"}))
+    cfg = load_config(
+        None, tiny_nifti_overrides(root, tmp, **{"model.stem_stage": "1", "model.slice_stride": "1", "data.modalities": "[T1,T2]"})
+    )
     spec = label_spec(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, spec.num_outputs, pretrained=False)

@@ -18,9 +18,9 @@ from transmed.commands._common import run_main
 from transmed.config import load_config, to_dict
 from transmed.core.checkpoint import save_checkpoint
 from transmed.data import label_spec
-from transmed.evaluation.prediction import predict_study
 from transmed.deploy import export_checkpoint
 from transmed.deploy.common import TOLERANCE, check_parity
+from transmed.evaluation.prediction import predict_study
 from transmed.models import build_model
 from transmed.models.loading import load_trained
 
@@ -149,7 +149,7 @@ def test_monai_bundle_passes_monai_verification(stride1, runs):
 
     out = runs / "bundle"
     assert_checked(export_checkpoint(stride1, "monai-bundle", out))
-    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt2", "scripts/inference.py", "docs/README.md"):
+    for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt2", "scripts/standalone.py", "docs/README.md"):
         assert (out / name).is_file(), name
     meta, config = out / "configs" / "metadata.json", out / "configs" / "inference.json"
     assert "transmed" not in config.read_text()  # no import of this package: the bundle runs without it

@@ -59,7 +59,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser = parser_for(__doc__, prog)
     parser.add_argument("--checkpoint", required=True, help="a TransMed checkpoint (best.pt) or an exported .onnx file")
     parser.add_argument(
-        "items", nargs="+", metavar="INPUT", help="NAME=PATH per modality (or paths in the config's order), then optional key=value overrides"
+        "items",
+        nargs="+",
+        metavar="INPUT",
+        help="NAME=PATH per modality (or paths in the config's order), then optional key=value overrides",
     )
     parser.add_argument("--id", default=None, help="study id in the output (default: the first input's name)")
     parser.add_argument("--threshold", type=float, default=0.5, help="multilabel decision threshold (default 0.5)")

@@ -153,7 +153,9 @@ def _bundle(
     program = export_program(model, example, low, single_input=True)
     write_bundle(tmp, cfg, spec, program, card_text, ckpt.get("epoch"), _eval_metrics(metrics), device)
     modalities = " ".join(f"--study#{name} FILE" for name in geo["modalities"])
-    report.notes.append(f"run: cd {tmp.name.removeprefix('.partial-')} && python -m monai.bundle run --config_file configs/inference.json {modalities}")
+    report.notes.append(
+        f"run: cd {tmp.name.removeprefix('.partial-')} && python -m monai.bundle run --config_file configs/inference.json {modalities}"
+    )
     if inputs:
         verify_bundle(tmp, device=device)
         report.notes.append("MONAI verify_metadata (vendored schema, offline) and verify_net_in_out: passed")

@@ -134,8 +134,14 @@ def preprocessing_transforms(cfg: DictConfig, info: dict) -> list[dict]:
     bundle's slice check and stacking), ending in `image` (M, S, H, W)."""
     pre, keys, low = info["preprocessing"], info["modalities"], info["min_slices"]
     size, num_slices = info["image_size"], cfg.data.num_slices
-    check = {"_target_": "scripts.inference.CheckSlicesd", "keys": keys, "min_slices": low}
-    resize = {"_target_": "Resized", "keys": keys, "spatial_size": [num_slices or -1, size, size], "mode": "trilinear", "anti_aliasing": True}
+    check = {"_target_": "scripts.standalone.CheckSlicesd", "keys": keys, "min_slices": low}
+    resize = {
+        "_target_": "Resized",
+        "keys": keys,
+        "spatial_size": [num_slices or -1, size, size],
+        "mode": "trilinear",
+        "anti_aliasing": True,
+    }
     if pre["format"] == "nifti":
         slice_dim = pre["slice_axis"] + 1  # channel first
         rows, cols = sorted({1, 2, 3} - {slice_dim}, reverse=True)
@@ -157,15 +163,28 @@ def preprocessing_transforms(cfg: DictConfig, info: dict) -> list[dict]:
             },
         ]
         if cfg.data.spacing:
-            stages.append({"_target_": "Spacingd", "keys": reference, "pixdim": list(cfg.data.spacing), "mode": "bilinear", "padding_mode": "zeros"})
+            stages.append(
+                {"_target_": "Spacingd", "keys": reference, "pixdim": list(cfg.data.spacing), "mode": "bilinear", "padding_mode": "zeros"}
+            )
         if others:
             stages.append(
-                {"_target_": "ResampleToMatchd", "keys": others, "key_dst": reference, "mode": "bilinear", "padding_mode": "zeros", "dtype": "$numpy.float32"}
+                {
+                    "_target_": "ResampleToMatchd",
+                    "keys": others,
+                    "key_dst": reference,
+                    "mode": "bilinear",
+                    "padding_mode": "zeros",
+                    "dtype": "$numpy.float32",
+                }
             )
         square = (
             {"_target_": "ResizeWithPadOrCropd", "keys": keys, "spatial_size": [-1, size, size]}
             if cfg.data.spacing
-            else {"_target_": "Lambdad", "keys": keys, "func": "$lambda x: monai.transforms.SpatialPad((-1, max(x.shape[-2:]), max(x.shape[-2:])))(x)"}
+            else {
+                "_target_": "Lambdad",
+                "keys": keys,
+                "func": "$lambda x: monai.transforms.SpatialPad((-1, max(x.shape[-2:]), max(x.shape[-2:])))(x)",
+            }
         )
         stages += [
             {"_target_": "Transposed", "keys": keys, "indices": [0, slice_dim, rows, cols]},
@@ -184,10 +203,15 @@ def preprocessing_transforms(cfg: DictConfig, info: dict) -> list[dict]:
         ]
     stages.append({"_target_": "EnsureTyped", "keys": keys, "data_type": "tensor", "dtype": "$torch.float32", "track_meta": False})
     if pre["stored_as"] == "uint8":
-        stages.append({"_target_": "Lambdad", "keys": keys, "func": "$lambda x: (x * 255.0).round().clamp(0, 255).to(torch.uint8).float() / 255.0"})
+        stages.append(
+            {"_target_": "Lambdad", "keys": keys, "func": "$lambda x: (x * 255.0).round().clamp(0, 255).to(torch.uint8).float() / 255.0"}
+        )
     elif pre["stored_as"] == "float16":
-        stages += [{"_target_": "CastToTyped", "keys": keys, "dtype": "$torch.float16"}, {"_target_": "CastToTyped", "keys": keys, "dtype": "$torch.float32"}]
-    stages.append({"_target_": "scripts.inference.StackModalitiesd", "keys": keys, "name": "image"})
+        stages += [
+            {"_target_": "CastToTyped", "keys": keys, "dtype": "$torch.float16"},
+            {"_target_": "CastToTyped", "keys": keys, "dtype": "$torch.float32"},
+        ]
+    stages.append({"_target_": "scripts.standalone.StackModalitiesd", "keys": keys, "name": "image"})
     return stages
 
 
@@ -212,7 +236,7 @@ def inference_config(cfg: DictConfig, spec: LabelSpec, device: str = "cpu") -> d
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "run": [
             {
-                "_target_": "scripts.inference.predict",
+                "_target_": "scripts.standalone.predict",
                 "network": "@network",
                 "dataset": "@dataset",
                 "modalities": "@modalities",

@@ -2,7 +2,7 @@
 modalities into one NaN-padded image, and the inference loop that writes the probabilities.
 
 `python -m monai.bundle run` puts the bundle folder on `sys.path` before its `run` step, so
-configs/inference.json names these as `scripts.inference.*`. Only MONAI, torch and numpy are imported.
+configs/inference.json names these as `scripts.standalone.*`. Only MONAI, torch and numpy are imported.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ class CheckSlicesd(MapTransform):
         for key in self.key_iterator(d):
             slices = d[key].shape[self.slice_dim]
             if slices < self.min_slices:
-                raise TooFewSlicesError(f"{key} has {slices} slices{self.when}, fewer than the {self.min_slices} the model needs (one slice group)")
+                raise TooFewSlicesError(
+                    f"{key} has {slices} slices{self.when}, fewer than the {self.min_slices} the model needs (one slice group)"
+                )
         return d
 
 
