@@ -34,7 +34,9 @@ try:
     load_config("configs/demo.yaml", ["train.lr=abc"])
 except ConfigError:
     pass
-for argv in (["--help"], ["train", "--config", "configs/demo.yaml", "train.lrr=1"], ["train", "--help"], ["evaluate", "--help"]):
+typo = ["--config", "configs/demo.yaml", "train.lrr=1"]
+for argv in (["--help"], ["train", *typo], ["cv", *typo], ["inspect", "--out", "unused", *typo],
+             *[[name, "--help"] for name in ("train", "evaluate", "cv", "inspect", "compare", "explain", "synthetic")]):
     try:
         main(argv)
     except SystemExit:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..core.io import write_json
-from ..evaluation.comparison import compare, format_comparison
-from ..evaluation.metrics import to_jsonable
 from ._common import parser_for
 
 
@@ -19,6 +17,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     parser.add_argument("paths", nargs="+", metavar="RUN_OR_EVAL_DIR")
     parser.add_argument("--json-out", default=None, help="also write the table and tests as JSON")
     args = parser.parse_args(argv)
+
+    from ..evaluation.comparison import compare, format_comparison  # after the arguments are parsed
+    from ..evaluation.metrics import to_jsonable
+
     result = compare(args.paths)
     if args.json_out:
         write_json(args.json_out, to_jsonable({**result, "table": result["table"].to_dict(orient="records")}))

@@ -11,7 +11,6 @@ import json
 from typing import Optional, Sequence
 
 from ..config import load_config
-from ..experiments.crossval import run_cv
 from ._common import add_config, parser_for
 
 
@@ -22,7 +21,11 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     )
     add_config(parser)
     args = parser.parse_intermixed_args(argv)
-    path = run_cv(load_config(args.config, args.overrides), args.epoch)
+    cfg = load_config(args.config, args.overrides)
+
+    from ..experiments.crossval import run_cv  # torch: after the config is checked
+
+    path = run_cv(cfg, args.epoch)
     summary = json.loads(path.read_text())
     for key, value in summary["mean"].items():
         if value is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..evaluation.attribution import explain_study
 from ._common import add_overrides, parser_for
 
 
@@ -26,6 +25,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     )
     add_overrides(parser)
     args = parser.parse_intermixed_args(argv)
+
+    from ..evaluation.attribution import explain_study  # torch: after the arguments are parsed
+
     out = explain_study(args.checkpoint, args.study, args.split, args.out, args.overrides, args.target)
     print(f"explanation written to {out}")
 

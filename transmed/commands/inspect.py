@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from ..config import load_config
-from ..data.inspection import inspect
 from ._common import add_config, parser_for
 
 
@@ -23,4 +22,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     args = parser.parse_intermixed_args(argv)
     if args.n < 0:
         parser.error("--n must be 0 or more")
-    inspect(load_config(args.config, args.overrides), args.out, args.n, args.save_arrays)
+    cfg = load_config(args.config, args.overrides)
+
+    from ..data.inspection import inspect  # MONAI: after the config is checked
+
+    inspect(cfg, args.out, args.n, args.save_arrays)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..core.errors import ResultExistsError
-from ..data.synthesis import generate_mrnet, generate_nifti
 from ._common import parser_for
 
 
@@ -32,6 +31,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     root = Path(args.root)
     if root.is_file() or root.is_dir() and any(root.iterdir()):
         raise ResultExistsError(f"{root} already exists and is not an empty folder; give a new folder for the synthetic dataset")
+
+    from ..data.synthesis import generate_mrnet, generate_nifti  # torch and MONAI: after the arguments are checked
+
     if args.format == "nifti":
         generate_nifti(args.root, args.num_train, args.with_split, args.seed, fusion=args.fusion)
     else:
