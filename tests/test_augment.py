@@ -1,13 +1,35 @@
-"""Batch augmentation on the training device (data/augment.py): one draw per study, padding untouched."""
+"""Training augmentation (data/augment.py): one draw per study, padding untouched; one definition for the device and the loader."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.transforms import Affine
 
-from transmed.data.augment import RANGES, BatchAugment, apply_params, draw_params, sampling_grid, training_augment
+from transmed.data import augment
+from transmed.data.augment import RANGES, BatchAugment, RandAugmentd, augment_where, draw_params, sampling_grid, training_augment
 from transmed.data.collate import to_device, to_float
+
+
+def whole_batch_reference(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
+    """The augmentation as whole-batch tensor ops (flip, warp, intensity as separate passes over the padded batch):
+    the reference the product's per-study form (`augment.apply_params`) must equal up to rounding."""
+    x = to_float(x)
+    b, h, w = x.shape[0], *x.shape[-2:]
+    view = (b, 1, 1, 1, 1)
+    out = torch.where(params["flip"].view(view), x.flip(-1), x)
+    grid = sampling_grid(params["angle"], params["scale"], params["shift"], (h, w))
+    warped = F.grid_sample(out.flatten(1, 2), grid, mode="bilinear", padding_mode="zeros", align_corners=False).view_as(out)
+    out = torch.where(params["affine"].view(view), warped, out)
+    out = out * params["gain"].view(view) + params["offset"].view(view)
+    return torch.where(mask[..., None, None], out, x)
+
+
+def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict, batched: bool) -> torch.Tensor:
+    """`batched`: the whole-batch reference; else the product's augmentation."""
+    return whole_batch_reference(x, mask, params) if batched else augment.apply_params(x, mask, params)
 
 
 def _batch(b=6, m=3, s=5, size=24, seed=0):
@@ -126,3 +148,24 @@ def test_training_augment_follows_the_config(tiny_cfg):
     assert isinstance(training_augment(tiny_cfg(), "cpu", 1), BatchAugment)
     assert training_augment(tiny_cfg(**{"data.augment_on": "loader"}), "cpu", 1) is None
     assert training_augment(tiny_cfg(**{"data.augment": "false"}), "cpu", 1) is None
+
+
+def test_one_switch_decides_where_the_one_augmentation_runs(tiny_cfg):
+    """`augment_where` is the one decision; the loader's transform is the same augmentation as the device's."""
+    from transmed.data.datasets import pipeline
+
+    assert [augment_where(tiny_cfg(**extra)) for extra in ({}, {"data.augment_on": "loader"}, {"data.augment": "false"})] == [
+        "device",
+        "loader",
+        None,
+    ]
+    assert [type(t) for t in pipeline(tiny_cfg(), train=True).transforms].count(RandAugmentd) == 1
+    x, mask = _batch(b=1, m=2, s=4, size=24)
+    stored = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    loader_form = RandAugmentd(["a", "b", "c"])  # c: a missing modality
+    loader_form.set_random_state(5)
+    out = loader_form({"id": "s", "a": stored[0, 0], "b": stored[0, 1], "c": None})
+    seed = torch.Generator().manual_seed(int(np.random.RandomState(5).randint(0, 2**31 - 1)))  # as MONAI seeds it
+    want = augment.augment_batch(stored.reshape(1, 1, 8, 24, 24), torch.ones(1, 1, 8, dtype=torch.bool), seed)[0, 0]
+    assert out["c"] is None and out["a"].dtype == torch.float32
+    assert torch.equal(torch.cat([out["a"], out["b"]]), want)

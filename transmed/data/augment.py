@@ -1,26 +1,30 @@
-"""Training augmentation on the batch, on the training device (`data.augment_on: device`).
+"""Training augmentation: the one definition, for the batch on the training device and for the loader.
 
-Per study, one random draw of the family `transforms.augment` applies per study in the loader
-(`data.augment_on: loader`), with the same probabilities and ranges (`RANGES`):
+`augment_batch` does the work; `augment_where` decides, from `data.augment` and `data.augment_on`, where it
+runs: "device" wraps it in `BatchAugment` (the trainer's, on the batch as it reaches the device) and
+"loader" in `RandAugmentd` (MONAI's way: a dictionary transform around the array transform, per study in
+the loader workers). Per study, one random draw (`RANGES`):
 - a left-right flip (p 0.5);
 - an in-plane affine (p 0.7): rotation within +-10 degrees, scale 1 +- 0.1 per axis, shift within
   +-5% of the image size per axis, bilinear, zeros outside (as MONAI's `RandAffine`: the sampling
   grid is rotation(scale(p) + shift) around the image centre);
 - then, on the float intensities, a scale by 1 +- 0.1 (p 0.5) and a shift by +-0.05 (p 0.5).
 The draw is shared by every slice of every modality of the study (one `affine_grid`, one
-`grid_sample` over its M * S slice images), so slices and modalities stay aligned; padded slices
+`grid_sample` over its real slice images), so slices and modalities stay aligned; padded slices
 (mask False) are returned exactly as they came. The random numbers come from a `torch.Generator`
-on the batch's device, so a run is reproducible from (seed, epoch, rank) on any device.
+(on the batch's device; in the loader, seeded from the transform's MONAI random state), so a run is
+reproducible from (seed, epoch, rank) on any device.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms import MapTransform, Randomizable
 
 from .collate import UINT8_SCALE, to_float
 
@@ -91,18 +95,6 @@ def _warp(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _apply_batched(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
-    """Whole-batch tensor ops, no host synchronisation: for GPUs."""
-    x = to_float(x)
-    b, h, w = x.shape[0], *x.shape[-2:]
-    view = (b, 1, 1, 1, 1)
-    out = torch.where(params["flip"].view(view), x.flip(-1), x)
-    warped = _warp(out.flatten(1, 2), sampling_grid(params["angle"], params["scale"], params["shift"], (h, w))).view_as(out)
-    out = torch.where(params["affine"].view(view), warped, out)
-    out = out * params["gain"].view(view) + params["offset"].view(view)
-    return torch.where(mask[..., None, None], out, x)
-
-
 def _as_float(slices: torch.Tensor, gain: float) -> torch.Tensor:
     """(R, H, W) stored slices -> a new float32 tensor of intensity * gain (`collate.to_float`, the gain folded in)."""
     if slices.dtype == torch.uint8:
@@ -110,13 +102,16 @@ def _as_float(slices: torch.Tensor, gain: float) -> torch.Tensor:
     return torch.mul(slices, gain) if slices.dtype == torch.float32 else to_float(slices).mul_(gain)  # to_float refuses ints
 
 
-def _apply_per_study(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
-    """One study at a time, over its real slices only: for CPUs, where every pass over the batch costs memory bandwidth.
+def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Tensor:
+    """x (B, M, S, H, W) as stored (uint8, float16 or float32) -> float32 with each study's drawn flip, affine and
+    intensity change; padding converted (`collate.to_float`) but otherwise as it came.
 
-    A study's real slices (of every modality) are gathered into one stack, converted to float with the
-    intensity gain folded in (the warp is linear and pads with zeros, so the gain commutes with it),
-    warped by one `grid_sample` with the flip folded into its grid (or only flipped), offset in place
-    and written back; padded slices are only converted. Equal to `_apply_batched` up to rounding.
+    One study at a time, over its real slices only (a pass over the padded batch would cost memory
+    bandwidth): its real slices (of every modality) are gathered into one stack, converted to float with
+    the intensity gain folded in (the warp is linear and pads with zeros, so the gain commutes with it),
+    warped by one `grid_sample` with the flip folded into its grid (or only flipped), offset in place and
+    written back; padded slices are only converted. tests/test_augment.py keeps a whole-batch form (flip,
+    warp, intensity as separate passes) as the reference this must equal up to rounding.
     """
     b, m, s, h, w = x.shape
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
@@ -144,16 +139,6 @@ def _apply_per_study(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch
     return out
 
 
-def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict, batched: Optional[bool] = None) -> torch.Tensor:
-    """x (B, M, S, H, W) as stored (uint8, float16 or float32) -> float32 with each study's drawn flip, affine and
-    intensity change; padding converted (`collate.to_float`) but otherwise as it came.
-
-    `batched` (default: on any device but the CPU) picks whole-batch ops over a loop over studies.
-    """
-    batched = x.device.type != "cpu" if batched is None else batched
-    return (_apply_batched if batched else _apply_per_study)(x, mask, params)
-
-
 def augment_batch(x: torch.Tensor, mask: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """x (B, M, S, H, W) as stored, mask (B, M, S) -> float32 x with one random spatial and intensity change per study.
 
@@ -178,9 +163,43 @@ class BatchAugment:
         return augment_batch(x, mask, self.generator)
 
 
+class RandAugmentd(Randomizable, MapTransform):
+    """`augment_batch` as a MONAI dictionary transform, per study in the loader (`data.augment_on: loader`).
+
+    The study's stacks (S_m, H, W) at `keys` (any stored type; a missing modality None) are augmented as
+    one study, so one draw moves them all; they come back float32. The draw's generator is seeded from
+    this transform's MONAI random state, which MONAI's loader reseeds per worker and the trainer per epoch.
+    """
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        self.seed = 0
+
+    def randomize(self, data: object = None) -> None:
+        self.seed = int(self.R.randint(0, 2**31 - 1))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        keys = [key for key in self.key_iterator(d) if d[key] is not None]
+        self.randomize()
+        if not keys:
+            return d
+        stacks = [torch.as_tensor(d[key]) for key in keys]
+        if len({s.dtype for s in stacks}) > 1:
+            stacks = [to_float(s) for s in stacks]
+        x = torch.cat(stacks)[None, None]  # (1, 1, R, H, W): the study's slices, all real
+        out = augment_batch(x, torch.ones(x.shape[:3], dtype=torch.bool), torch.Generator().manual_seed(self.seed))[0, 0]
+        d.update(zip(keys, out.split([len(s) for s in stacks])))
+        return d
+
+
+def augment_where(cfg) -> Optional[str]:
+    """The one decision: where training augmentation runs, "device" (`BatchAugment`, built by the trainer each
+    epoch), "loader" (`RandAugmentd` in the training dataset's pipeline), or None (`data.augment: false`)."""
+    return str(cfg.data.augment_on) if cfg.data.augment else None
+
+
 def training_augment(cfg, device: torch.device | str, epoch_seed: int, rank: int = 0) -> Optional[BatchAugment]:
-    """The trainer's batch augmentation for one epoch on one rank: a `BatchAugment` under
-    `data.augment` with `data.augment_on: device`, else None (off, or done in the loader)."""
-    if not (cfg.data.augment and cfg.data.augment_on == "device"):
-        return None
-    return BatchAugment(device, epoch_seed, rank)
+    """The trainer's batch augmentation for one epoch on one rank: a `BatchAugment` where `augment_where` says
+    "device", else None (off, or done in the loader)."""
+    return BatchAugment(device, epoch_seed, rank) if augment_where(cfg) == "device" else None

@@ -27,12 +27,13 @@ from ..config import min_slices_for
 from ..core.errors import DataError
 from ..core.labels import LabelSpec
 from ..core.progress import progress
+from .augment import RandAugmentd, augment_where
 from .collate import pad_collate
 from .mrnet import read_mrnet
 from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
 from .screening import OnError, catch_study_error
 from .synthesis import MARKER, generate_mrnet
-from .transforms import CompactStacksd, augment, mrnet_preprocess
+from .transforms import CompactStacksd, mrnet_preprocess
 
 PREPROCESSING_VERSION = 2  # part of the cache key: bump when a transform's output changes for the same settings
 # 2: stacks cached in `data.cache_dtype` (uint8 / float16 under auto), no longer always float32
@@ -117,12 +118,12 @@ def cache_dtype(cfg: DictConfig) -> torch.dtype:
 
 def pipeline(cfg: DictConfig, train: bool) -> Compose:
     """Preprocessing, then the cache's type (`cache_dtype`); with `train` (and `data.augment`) the
-    per-study MONAI augmentation after it. `build_dataset` asks for that augmentation only under
-    `data.augment_on: loader`; under `device` the trainer augments the batch (`data/augment.py`)."""
+    augmentation per study after it (`augment.RandAugmentd`). `build_dataset` asks for it where
+    `augment.augment_where` says "loader"; under "device" the trainer augments the batch."""
     modalities = list(cfg.data.modalities)
     stages = [preprocessing(cfg), CompactStacksd(modalities, cache_dtype(cfg))]
     if train and cfg.data.augment:
-        stages.append(augment(modalities, cfg.data.image_size))
+        stages.append(RandAugmentd(modalities))
     return Compose(stages).flatten()  # flat, so cached datasets see where the random part begins
 
 
@@ -229,14 +230,14 @@ def build_dataset(
 
     Items hold one (S, H, W) stack per modality in `cache_dtype(cfg)` (uint8 for MRNet under the
     default `data.cache_dtype: auto`); `collate.to_device` turns a batch into the model's float
-    input. Training items are augmented here only under `data.augment_on: loader`. `show_progress`:
+    input. Training items are augmented here only where `augment.augment_where` says "loader". `show_progress`:
     a progress bar over the studies (`core.progress`; off for the few studies of a prediction).
     Every study is preprocessed here, so a bad file fails now with a `StudyError` naming study and
     file; under `data.on_error=skip` it is left out instead and listed in the dataset's `skipped`.
     """
     manifest = read_manifest(cfg, split) if manifest is None else manifest
     items, on_error = list(manifest), OnError(cfg.data.on_error)
-    transform = pipeline(cfg, train and cfg.data.augment_on == "loader")
+    transform = pipeline(cfg, train and augment_where(cfg) == "loader")
     desc = f"build {split} dataset" if show_progress else None
     if cfg.data.cache_dir:
         make = partial(

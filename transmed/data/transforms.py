@@ -1,16 +1,13 @@
-"""MONAI dictionary transforms shared by the formats: reading, checks, augmentation, final tensors.
+"""MONAI dictionary transforms shared by the formats: reading, checks, final tensors.
 
 A format's preprocessing (deterministic, cacheable) ends in `finalize`: one plain (S, H, W) float
 tensor per modality, intensities in [0, 1]. `CompactStacksd` then stores it in the cache's type
-(`data.cache_dtype`), see its docstring for the rounding. Augmentation in the loader
-(`data.augment_on: loader`) treats the slices as channels: each random draw (flip, affine,
-intensity) is made once per study and applied to every slice of every modality, so the slices of a
-stack and the modalities of a study stay aligned; `data/augment.py` does the same on the batch.
+(`data.cache_dtype`), see its docstring for the rounding. Augmentation is `data/augment.py`'s
+(in the loader: its `RandAugmentd`).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Hashable, Mapping, Optional, Sequence
@@ -25,10 +22,6 @@ from monai.transforms import (
     EnsureTyped,
     LoadImage,
     MapTransform,
-    RandAffined,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
     Resized,
     ScaleIntensityd,
     SpatialPad,
@@ -36,8 +29,6 @@ from monai.transforms import (
 )
 
 from ..core.errors import StudyError
-from .augment import RANGES
-from .collate import to_float
 
 
 def _last_line(err: BaseException) -> str:
@@ -261,47 +252,3 @@ class CompactStacksd(MapTransform):
             else:
                 d[key] = stack.to(self.dtype)
         return d
-
-
-class FloatStacks:
-    """Cached stacks (uint8, float16) -> float32 in [0, 1], for augmentation in the loader workers.
-
-    Deliberately not a MONAI `Transform`: MONAI's cached datasets cache up to the first random
-    transform or non-`Transform`, so the cache keeps the compact stacks and this runs per item.
-    """
-
-    def __init__(self, keys: Sequence[str]) -> None:
-        self.keys = list(keys)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.keys:
-            if d.get(key) is not None:
-                d[key] = to_float(torch.as_tensor(d[key]))
-        return d
-
-
-def augment(modalities: Sequence[str], image_size: int) -> Compose:
-    """Random in-plane flip, rotation, scaling, shift and intensity changes on (S, H, W), one draw per study.
-
-    The per-study (loader) form of `augment.augment_batch`: the same family, probabilities and ranges.
-    """
-    keys, r = list(modalities), RANGES
-    shift = r["shift"] * image_size  # RandAffine translates in pixels
-    return Compose(
-        [
-            FloatStacks(keys),
-            RandFlipd(keys, prob=r["flip_prob"], spatial_axis=1),
-            RandAffined(
-                keys,
-                prob=r["affine_prob"],
-                rotate_range=math.radians(r["rotate_degrees"]),
-                scale_range=(r["scale"], r["scale"]),
-                translate_range=(shift, shift),
-                padding_mode="zeros",
-            ),
-            RandScaleIntensityd(keys, factors=r["intensity_scale"], prob=r["intensity_scale_prob"]),
-            RandShiftIntensityd(keys, offsets=r["intensity_shift"], prob=r["intensity_shift_prob"]),
-            EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
-        ]
-    )

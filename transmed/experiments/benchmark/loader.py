@@ -1,7 +1,7 @@
 """The data sections of the benchmark: the training loader at the knee shape, old path next to new, and the RSS scale.
 
 Paths (`PATHS`), measured side by side in one run:
-- old: `data.cache_dtype=float32` + `data.augment_on=loader` (float32 cache, MONAI augmentation per study in the loader);
+- old: `data.cache_dtype=float32` + `data.augment_on=loader` (float32 cache, the augmentation per study in the loader: `augment.RandAugmentd`);
 - new: `data.cache_dtype=auto` + `data.augment_on=device` (uint8 cache, `augment_batch` on the batch on the training
   device). On a CPU-only machine the new path's studies/s include that batch augmentation run on the CPU, so a
   worker's studies/s compare like for like.
@@ -39,7 +39,7 @@ PATHS: dict[str, dict[str, str]] = {
     "new": {"data.cache_dtype": "auto", "data.augment_on": "device"},
 }
 PATH_LABELS = {
-    "old": "float32 cache, MONAI augmentation per study in the loader",
+    "old": "float32 cache, augmentation per study in the loader",
     "new": "compact (uint8) cache, batch augmentation on the device",
 }
 BYTES_GOAL = 1 / 3  # new bytes per cached study over old: at most this
