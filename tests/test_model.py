@@ -136,6 +136,36 @@ def test_a_name_that_fixes_the_variant_refuses_another(tiny_cfg):
         create_model("transmed_small", num_modalities=2, num_outputs=2, backbone=TINY_BACKBONE, variant="base")
 
 
+def test_saved_weights_come_back_through_one_rebuild_with_the_same_checks(tiny_cfg, tmp_path):
+    """Checkpoint and safetensors export (and the hub folder, which reads the same way) meet the same checks."""
+    from safetensors.torch import save_file
+
+    from transmed.config import to_dict
+    from transmed.core.checkpoint import save_checkpoint, save_weights
+    from transmed.core.errors import CheckpointError, ConfigError
+    from transmed.data import label_spec
+    from transmed.models import build_model
+    from transmed.models.loading import load_trained, load_weights_file
+
+    cfg = tiny_cfg(**{"data.drop_modalities": "[coronal]"})
+    spec = label_spec(cfg)
+    state = build_model(cfg, spec.num_outputs).state_dict()
+    save_checkpoint(tmp_path / "run.pt", model=state, config=to_dict(cfg), label_spec=spec.to_dict(), epoch=1)
+    save_weights(state, tmp_path / "run.safetensors", to_dict(cfg), spec.to_dict(), 1)
+    save_file(state, str(tmp_path / "bare.safetensors"))  # no config, no label spec
+    from_checkpoint = load_trained(tmp_path / "run.pt", device="cpu").model
+    from_file = load_weights_file(tmp_path / "run.safetensors")
+    for model in (from_checkpoint, from_file):
+        assert model.label_spec == spec and model.drop_modalities == (1,) and not model.training
+    x = torch.rand(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(from_checkpoint(x), from_file(x))
+    with pytest.raises(CheckpointError, match="bare.safetensors has no 'config' entry"):
+        load_weights_file(tmp_path / "bare.safetensors")
+    with pytest.raises(ConfigError, match="trained on 3 modalities"):
+        load_trained(tmp_path / "run.pt", ["data.modalities=[sagittal,axial]", "data.drop_modalities=[]"])
+
+
 def test_constructor_is_keyword_only_and_checks_inputs():
     with pytest.raises(TypeError):
         TransMed(3, 3)
