@@ -111,20 +111,24 @@ def apply_params(x: torch.Tensor, mask: torch.Tensor, params: dict) -> torch.Ten
     the intensity gain folded in (the warp is linear and pads with zeros, so the gain commutes with it),
     warped by one `grid_sample` with the flip folded into its grid (or only flipped), offset in place and
     written back; padded slices are only converted. tests/test_augment.py keeps a whole-batch form (flip,
-    warp, intensity as separate passes) as the reference this must equal up to rounding.
+    warp, intensity as separate passes) as the reference this must equal up to rounding. On a GPU the
+    batch's layout and draws are read to the host once, up front, so the loop queues work without
+    waiting for the device.
     """
     b, m, s, h, w = x.shape
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    layout = mask.reshape(b, m * s).cpu()
     flips, affines = params["flip"].tolist(), params["affine"].tolist()
     gains, offsets = params["gain"].tolist(), params["offset"].tolist()
     for i in range(b):
-        study, target, real = x[i].reshape(m * s, h, w), out[i].view(m * s, h, w), mask[i].flatten()
-        padded = (~real).nonzero()[:, 0]
+        study, target = x[i].reshape(m * s, h, w), out[i].view(m * s, h, w)
+        padded = (~layout[i]).nonzero()[:, 0]
         if len(padded):
+            padded = padded.to(x.device, non_blocking=True)
             target.index_copy_(0, padded, to_float(study.index_select(0, padded)))  # padding: as it came, in float
         if len(padded) == m * s:
             continue
-        keep = real.nonzero()[:, 0]
+        keep = layout[i].nonzero()[:, 0].to(x.device, non_blocking=True)
         slices = study if not len(padded) else study.index_select(0, keep)  # (R, H, W): every modality's real slices
         if affines[i]:
             grid = sampling_grid(
