@@ -11,6 +11,7 @@ from test_evaluation import save_untrained
 
 from transmed.commands._common import run_main
 from transmed.commands.predict import main, split_items
+from transmed.core.errors import UsageError
 from transmed.evaluation.evaluate import evaluate_checkpoint
 from transmed.evaluation.prediction import predict_study
 
@@ -145,3 +146,5 @@ def test_default_study_id_comes_from_the_file_or_its_folder(tiny_cfg, tmp_path):
     assert study_item(cfg, [tmp_path / "P001" / "T1.nii.gz", tmp_path / "P001" / "T2"])["id"] == "P001"
     assert study_item(cfg, [tmp_path / "0200.npy", tmp_path / "P001" / "T2"])["id"] == "0200"
     assert study_item(cfg, [tmp_path / "0200.npy", tmp_path / "P001" / "T2"], "x")["id"] == "x"
+    with pytest.raises(UsageError, match="P001/T2 is given as T1 but is named after T2"):
+        study_item(cfg, [tmp_path / "P001" / "T2", tmp_path / "P001" / "T1.nii.gz"])

@@ -1,8 +1,10 @@
 """Export a checkpoint for deployment: transmed export --checkpoint FILE [--format F] --out PATH
 
-Formats: onnx (one .onnx file, dynamic batch and slice axes, checked with ONNX Runtime),
+Formats: onnx (one .onnx file, dynamic batch and slice axes, checked with ONNX Runtime; its
+metadata_props carry labels, modalities and preprocessing, so `transmed predict` runs it alone),
 torch-export (a .pt2 program from torch.export, reloaded and checked), safetensors (the weights,
-config in the metadata; the default), monai-bundle (a MONAI bundle folder, verified with MONAI's
+config in the metadata; the default), monai-bundle (a MONAI bundle folder that runs with
+`python -m monai.bundle run` where transmed is not installed, verified with MONAI's
 verify_metadata and verify_net_in_out), hub (a Hugging Face Hub folder: config.json,
 model.safetensors, README.md model card; `transmed.load_model(folder)` reads it).
 

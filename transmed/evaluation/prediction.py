@@ -29,7 +29,8 @@ def study_loader(cfg: DictConfig, items: list[dict]) -> DataLoader:
 
 def study_item(cfg: DictConfig, inputs: Sequence[str | Path] | Mapping[str, str | Path], study_id: Optional[str] = None) -> dict:
     """`{id, modality: path}` for inputs named by modality (`{"T1": path, ...}`, any order) or given
-    in the config's modality order; checks names, count and existence.
+    in the config's modality order; checks names, count and existence, and refuses a positional file
+    named after another modality (`T2.nii.gz` in T1's place).
 
     `study_id` defaults to the first modality's file name without its extensions (`0200.npy` -> 0200),
     or to its folder's name when the file is named after the modality (`P001/T1.nii.gz` -> P001).
@@ -49,6 +50,14 @@ def study_item(cfg: DictConfig, inputs: Sequence[str | Path] | Mapping[str, str 
             raise DataError(
                 f"expected {len(modalities)} inputs, one per modality in the order {modalities}; got {len(paths)}: {[str(p) for p in paths]}"
             )
+        by_name = {m.lower(): m for m in modalities}
+        for modality, path in zip(modalities, paths):
+            named_after = by_name.get(Path(path).name.split(".")[0].lower(), modality)
+            if named_after != modality:  # P003/T2.nii.gz given in T1's place
+                raise UsageError(
+                    f"{path} is given as {modality} but is named after {named_after}; positional inputs follow the order "
+                    f"{', '.join(modalities)}; name them to be sure: {' '.join(f'{m}=PATH' for m in modalities)}"
+                )
     for modality, path in zip(modalities, paths):
         if not Path(path).exists():
             raise DataError(f"{modality} input not found: {path}; give one file or DICOM folder per modality, in the order {modalities}")
