@@ -193,7 +193,7 @@ def bootstrap_description(spec: LabelSpec) -> str:
 
 def _license(cfg: DictConfig) -> str:
     return (
-        f"## License\n\n`{LICENSE}`: the weights carry the license of the TransMed repository (MIT), by default; no "
+        f"## License\n\nMIT (`license: {LICENSE}`): the weights carry the TransMed repository's license by default; no "
         f"config key sets another. The training data (`{cfg.data.format}` at `{cfg.data.root}`) may come with terms "
         "of its own (MRNet's research use agreement, a hospital's data use agreement) that restrict the weights further."
     )
@@ -308,7 +308,7 @@ def _results(spec: LabelSpec, metrics: Optional[dict], n_bootstrap: Optional[int
         "## Evaluation results",
         f"Split `{metrics.get('split')}`: {metrics['n']} studies"
         + (f" ({metrics['skipped']} left out by `data.on_error=skip`, see skipped.json)" if metrics.get("skipped") else "")
-        + f", checkpoint epoch {metrics.get('epoch')}. Each value with its 95% interval from {bootstrap_description(spec)}{boot}. "
+        + f", checkpoint epoch {metrics.get('epoch')}. Each value with its 95% interval{boot} from {bootstrap_description(spec)}. "
         "Overall: the mean over tasks" + (" (one-vs-rest, macro) plus micro AUC and accuracy." if spec.kind == "multiclass" else "."),
         _metric_table(spec, metrics),
         f"Calibration error: expected calibration error (ECE) over {ECE_BINS} equal-width probability bins, per task "
