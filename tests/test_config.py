@@ -254,6 +254,14 @@ def test_wrong_type_is_one_line_naming_key_value_and_type(override, match, capsy
     assert re.fullmatch(rf"error: config: invalid value for config key {match} \(from override '{re.escape(override)}'\)\n", err), err
 
 
+def test_a_value_for_a_section_names_the_section(capsys):
+    code, err = run_command(["train", "--config", "demo.yaml", "data=3"], capsys)
+    assert code == 2 and err == (
+        "error: config: config key 'data' is a section, not a value (3): set its keys, such as data.format, data.root "
+        "(from override 'data=3')\n"
+    )
+
+
 def test_wrong_type_in_a_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: fast\n")

@@ -77,6 +77,8 @@ class ModelConfig:
     depth: Optional[int] = None  # transformer depth; None takes the variant's default
     dropout: float = 0.1
     drop_path: float = 0.0
+    pool: str = "cls"  # transmed: the head reads the class token (cls) or the mean of the real tokens (mean)
+    layer_scale: Optional[float] = None  # transmed: initial scale of every residual branch (timm's init_values); null: none
     trainable_blocks: str = "all"  # 0..N top stem stages that train, or "all"
     init_from: Optional[str] = None  # start from another run's checkpoint (what matches is loaded)
     stem_chunk: Optional[int] = None  # push slice-images through the stem in chunks of this many
@@ -133,6 +135,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache_dtype": ("auto", "float32"),
     "model.variant": ("tiny", "small", "base"),
     "model.slice_mode": ("group", "replicate"),
+    "model.pool": ("cls", "mean"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
 
@@ -149,26 +152,42 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 # a schema type -> what a config value of that type looks like, for error messages
 EXPECTED = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+LIST_OF = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
+
+
+def _schema_node(schema: DictConfig, path: str) -> Any:
+    """The schema's node at a dotted `path`, or None."""
+    node: Any = schema
+    for part in path.split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) and part in node else None
+    return node
 
 
 def _expected(schema: DictConfig, key: str) -> Optional[str]:
     """What the schema takes at `key` (`data.spacing[0]`: an element of `data.spacing`), or None when it cannot say."""
     path, index, _ = key.partition("[")
-    if not path:
+    node = _schema_node(schema, path) if path else None
+    if node is None:
         return None
-    node: Any = schema
-    for part in path.split("."):
-        node = node._get_node(part) if isinstance(node, DictConfig) else None
-        if node is None:
-            return None
     if isinstance(node, ListConfig):
-        element = EXPECTED.get(node._metadata.element_type)
-        if index:
-            return element
-        what = f"a list of {element.removeprefix('an ').removeprefix('a ')}s ([x, y])" if element in EXPECTED.values() else "a list"
+        element = node._metadata.element_type
+        what = EXPECTED.get(element) if index else f"a list of {LIST_OF[element]} ([x, y])" if element in LIST_OF else "a list"
     else:
         what = EXPECTED.get(node._metadata.ref_type)
-    return f"{what} or null" if what and node._metadata.optional else what
+    return f"{what} or null" if what and node._metadata.optional and not index else what
+
+
+def _section_given_a_value(err: OmegaConfBaseException, schema: DictConfig) -> Optional[str]:
+    """`data=3`: OmegaConf names neither key nor section ("int is not a subclass of DataConfig"); say which section."""
+    found = re.search(r"is not a subclass of (\w+)\. value: (.*)", getattr(err, "msg", None) or str(err))
+    if found is None:
+        return None
+    for key in _all_keys(schema):
+        node = _schema_node(schema, key)
+        if isinstance(node, DictConfig) and node._metadata.object_type.__name__ == found.group(1):
+            keys = ", ".join(f"{key}.{name}" for name in list(node.keys())[:2])
+            return f"config key '{key}' is a section, not a value ({found.group(2)}): set its keys, such as {keys}"
+    return None
 
 
 def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
@@ -178,6 +197,9 @@ def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> Co
         hint = difflib.get_close_matches(key, _all_keys(schema), n=1)
         suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
         return ConfigError(f"unknown config key '{key}' (from {source}).{suggestion}")
+    section = None if key else _section_given_a_value(err, schema)
+    if section is not None:
+        return ConfigError(f"{section} (from {source})")
     expected = _expected(schema, key)
     if expected is None:
         msg = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
@@ -273,6 +295,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "model.depth": (_positive, "must be positive (transformer layers), or null for the variant's depth"),
     "model.dropout": (_fraction, "must lie in [0, 1)"),
     "model.drop_path": (_fraction, "must lie in [0, 1)"),
+    "model.layer_scale": (_positive, "must be positive (e.g. 1e-5), or null for no layer scale"),
     "model.stem_chunk": (_positive, "must be positive, or null (the whole batch at once)"),
     "train.epochs": (_positive, "must be positive"),
     "train.batch_size": (_positive, "must be positive"),
