@@ -4,7 +4,7 @@
     BUNDLE/configs/inference.json   read one file per modality, TransMed's preprocessing as stock MONAI
                                     transforms, the network, probabilities to eval/predictions.json
     BUNDLE/models/model.pt2         the network as a `torch.export` program (`NanPadded`: input `image`)
-    BUNDLE/scripts/                 the slice check, stacking, the inference loop (`bundle_scripts/`)
+    BUNDLE/scripts/                 the stack checks, stacking, the inference loop (`bundle_scripts/`)
     BUNDLE/docs/README.md           the model card
 
     cd BUNDLE && python -m monai.bundle run --config_file configs/inference.json \
@@ -131,10 +131,10 @@ def metadata(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int], eval_metric
 
 def preprocessing_transforms(cfg: DictConfig, info: dict) -> list[dict]:
     """`data.datasets.preprocessing(cfg)` and the stored type's rounding as stock MONAI transforms (plus the
-    bundle's slice check and stacking), ending in `image` (M, S, H, W)."""
+    bundle's stack checks and stacking), ending in `image` (M, S, H, W)."""
     pre, keys, low = info["preprocessing"], info["modalities"], info["min_slices"]
     size, num_slices = info["image_size"], cfg.data.num_slices
-    check = {"_target_": "scripts.standalone.CheckSlicesd", "keys": keys, "min_slices": low}
+    check = {"_target_": "scripts.standalone.CheckStacksd", "keys": keys, "min_slices": low}
     resize = {
         "_target_": "Resized",
         "keys": keys,

@@ -1,5 +1,6 @@
-"""What a TransMed MONAI bundle needs beyond stock MONAI transforms: the slice-count check, stacking the
-modalities into one NaN-padded image, and the inference loop that writes the probabilities.
+"""What a TransMed MONAI bundle needs beyond stock MONAI transforms: TransMed's stack checks (slice
+count, one finite, non-constant volume), stacking the modalities into one NaN-padded image, and the
+inference loop that writes the probabilities.
 
 `python -m monai.bundle run` puts the bundle folder on `sys.path` before its `run` step, so
 configs/inference.json names these as `scripts.standalone.*`. Only MONAI, torch and numpy are imported.
@@ -15,12 +16,13 @@ import torch
 from monai.transforms import MapTransform
 
 
-class TooFewSlicesError(ValueError):
-    """A stack with fewer slices than the model's slice group."""
+class StackError(ValueError):
+    """A stack the model cannot use (too few slices, not 3D, non-finite or constant voxels)."""
 
 
-class CheckSlicesd(MapTransform):
-    """Refuses a channel-first stack with fewer than `min_slices` along `slice_dim` (as TransMed's pipeline does)."""
+class CheckStacksd(MapTransform):
+    """TransMed's checks on channel-first stacks: one 3D volume, at least `min_slices` along `slice_dim`,
+    finite voxels, not constant. `when` is added to the reasons (for the check after resampling)."""
 
     def __init__(self, keys: Sequence[str], min_slices: int, slice_dim: int = 1, when: str = "") -> None:
         super().__init__(keys)
@@ -30,11 +32,16 @@ class CheckSlicesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            slices = d[key].shape[self.slice_dim]
-            if slices < self.min_slices:
-                raise TooFewSlicesError(
-                    f"{key} has {slices} slices{self.when}, fewer than the {self.min_slices} the model needs (one slice group)"
-                )
+            stack, when = torch.as_tensor(d[key]), self.when
+            if stack.dim() != 4 or stack.shape[0] != 1:
+                raise StackError(f"{key} is not one 3D volume (shape {tuple(stack.shape)}){when}")
+            if stack.shape[self.slice_dim] < self.min_slices:
+                slices = stack.shape[self.slice_dim]
+                raise StackError(f"{key} has {slices} slices{when}, fewer than the {self.min_slices} the model needs (one slice group)")
+            if not torch.isfinite(stack).all():
+                raise StackError(f"{key} holds {int((~torch.isfinite(stack)).sum())} NaN or Inf voxels{when}")
+            if stack.amax() == stack.amin():
+                raise StackError(f"{key} is a constant volume (every voxel {float(stack.amax()):g}){when}")
         return d
 
 
@@ -77,9 +84,9 @@ def _check_inputs(study: Mapping, modalities: Sequence[str]) -> None:
             raise SystemExit(f"error: {modality} file not found: {path}")
 
 
-def _too_few_slices(err: BaseException) -> TooFewSlicesError | None:
-    """MONAI wraps a transform's error in RuntimeErrors; the slice check's own error, if it is the cause."""
-    while err is not None and not isinstance(err, TooFewSlicesError):
+def _stack_error(err: BaseException) -> StackError | None:
+    """MONAI wraps a transform's error in RuntimeErrors; the stack check's own error, if it is the cause."""
+    while err is not None and not isinstance(err, StackError):
         err = err.__cause__
     return err
 
@@ -97,15 +104,15 @@ def predict(
     """Probabilities for every study of `dataset` (its `data`: dicts with one file per modality), written to `output_file` as JSON.
 
     Multilabel: sigmoid per task; multiclass: softmax over the classes; both of logits / temperature.
-    A bad request (a missing file, too few slices) ends the run with one `error: ...` line.
+    A bad request (a missing file, a stack the checks refuse) ends the run with one `error: ...` line.
     """
     results = []
     for index, study in enumerate(dataset.data):
         _check_inputs(study, modalities)
         try:
             item = dataset[index]
-        except Exception as err:  # noqa: BLE001 - only the slice check is the user's to fix; the rest keeps its traceback
-            found = _too_few_slices(err)
+        except Exception as err:  # noqa: BLE001 - only the stack checks are the user's to fix; the rest keeps its traceback
+            found = _stack_error(err)
             if found is None:
                 raise
             raise SystemExit(f"error: study {study_id(study, modalities)}: {found}") from None
