@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -52,7 +53,8 @@ def interrupted(cfg: DictConfig) -> str:
     saved = _saved_epoch(run_dir / "checkpoints" / "last.pt")
     where = f"in epoch {saved + 1} of {cfg.train.epochs}" if saved < cfg.train.epochs else "after the last epoch"
     done = "no epoch saved yet" if saved == 0 else "epoch 1 saved" if saved == 1 else f"epochs 1-{saved} saved"
-    return f"interrupted {where} ({done}); resume with: transmed train --config {run_dir / 'config.yaml'} train.resume=auto"
+    config = shlex.quote(str(run_dir / "config.yaml"))
+    return f"interrupted {where} ({done}); resume with: transmed train --config {config} train.resume=auto"
 
 
 def _saved_epoch(last: Path) -> int:
