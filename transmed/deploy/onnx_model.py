@@ -7,6 +7,7 @@ MONAI pipeline as evaluation's is rebuilt. No checkpoint is read.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from ..core.errors import CheckpointError
+from ..core.errors import CheckpointError, UsageError
 from ..core.labels import LabelSpec
 from .common import require_slices
 from .describe import config_from_description, label_spec_of, read_onnx_description
@@ -46,6 +47,9 @@ class OnnxModel(nn.Module):
 
 def load_onnx(path: str | Path, overrides: Sequence[str] = ()) -> tuple[OnnxModel, DictConfig, LabelSpec]:
     """The model, a config holding its preprocessing (plus `overrides`) and its label spec, from the ONNX file alone."""
+    missing = [name for name in ("onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"reading {path} needs {' and '.join(missing)}: pip install 'transmed[export]'")
     import onnx
 
     path = Path(path)
