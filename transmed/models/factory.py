@@ -52,6 +52,8 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         slice_mode=m.slice_mode,
         dropout=m.dropout,
         drop_path=m.drop_path,
+        pool=m.pool,
+        layer_scale=m.layer_scale,
         stem_chunk=m.stem_chunk,
         channels_last=m.channels_last,
         checkpoint_stem=cfg.train.checkpoint_stem,

@@ -53,8 +53,31 @@ class Attention(nn.Module):
         return self.proj(rearrange(out, "b h t d -> b t (h d)")), weights
 
 
+class LayerScale(nn.Module):
+    """Learned per-channel scale of a residual branch (Touvron et al. 2021, CaiT; timm's `init_values`).
+
+    A small initial value makes every block start close to the identity, so the stem's tokens reach
+    the head unchanged at step 0 and attention grows in as it learns.
+    """
+
+    def __init__(self, dim: int, init_value: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale: Optional[float] = None,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, dropout)
@@ -62,21 +85,25 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
         self.drop_path = DropPath(drop_path)
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
 
     def forward(
         self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         attended, weights = self.attn(self.norm1(x), key_mask, return_attention)
-        x = x + self.drop_path(attended)
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.ls1(attended))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         return x, weights
 
 
 class Encoder(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, dropout: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, depth: int, heads: int, dropout: float = 0.0, drop_path: float = 0.0, layer_scale: Optional[float] = None
+    ) -> None:
         super().__init__()
         rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout=dropout, drop_path=r) for r in rates)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout=dropout, drop_path=r, layer_scale=layer_scale) for r in rates)
         self.norm = nn.LayerNorm(dim)
 
     def forward(

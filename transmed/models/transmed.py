@@ -95,6 +95,10 @@ class TransMed(nn.Module):
         checkpoint_stem: in training, recompute the stem's activations in backward instead of storing them.
         drop_modalities: positions of modalities the model sees as missing in eval mode (`data.drop_modalities`:
             robustness to a missing sequence); training sees them all.
+        pool: what the head reads: "cls" (the class token's output, as in the paper) or "mean" (the mean of
+            the real tokens' outputs: every token reaches the head directly from the first step).
+        layer_scale: initial value of a learned per-channel scale on every residual branch (None: none);
+            a small value starts each transformer block close to the identity.
 
     Example::
 
@@ -135,10 +139,14 @@ class TransMed(nn.Module):
         channels_last: bool = False,
         checkpoint_stem: bool = False,
         drop_modalities: Sequence[int] = (),
+        pool: str = "cls",
+        layer_scale: Optional[float] = None,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"unknown pooling {pool!r}; expected 'cls' or 'mean'")
         spec = VARIANTS[variant]
         self.num_modalities = num_modalities
         self.num_outputs = num_outputs
@@ -146,13 +154,14 @@ class TransMed(nn.Module):
         self.stem_chunk = stem_chunk
         self.checkpoint_stem = checkpoint_stem
         self.drop_modalities = tuple(drop_modalities)
+        self.pool = pool
         self.dim = spec["dim"]
         self.stem = CNNStem(backbone, pretrained, stem_stage, channels_last=channels_last)
         self.tokenizer = SliceTokenizer(self.stem.out_channels, self.dim, grid_size)
         self.embed = TokenEmbedding(self.dim, num_modalities, grid_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.encoder = Encoder(self.dim, depth if depth is not None else spec["depth"], spec["heads"], dropout, drop_path)
+        self.encoder = Encoder(self.dim, depth if depth is not None else spec["depth"], spec["heads"], dropout, drop_path, layer_scale)
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.dim, num_outputs)
 
@@ -209,9 +218,15 @@ class TransMed(nn.Module):
         return tokens, key_mask
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Encoded tokens (B, 1 + T, D); index 0 is the class token."""
+        """Encoded tokens (B, 1 + T, D); index 0 is what the head reads: the class token's output, or
+        with `pool="mean"` the mean of the real (unpadded) tokens' outputs in its place."""
         tokens, key_mask = self.tokenize(x, mask)
-        return self.encoder(tokens, key_mask)[0]
+        encoded = self.encoder(tokens, key_mask)[0]
+        if self.pool == "cls":
+            return encoded
+        weights = key_mask[:, 1:, None].to(encoded.dtype)
+        pooled = (encoded[:, 1:] * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        return torch.cat([pooled[:, None], encoded[:, 1:]], dim=1)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         cls = self.head_drop(features[:, 0])

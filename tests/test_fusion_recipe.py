@@ -1,0 +1,51 @@
+"""The recipe keys of issue 22: mean pooling over real tokens (`model.pool`) and layer scale (`model.layer_scale`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_BACKBONE
+
+from transmed import TransMed
+from transmed.config import load_config
+from transmed.core.errors import ConfigError
+from transmed.models.factory import model_kwargs
+
+
+def tiny_model(**kw) -> TransMed:
+    torch.manual_seed(0)
+    return TransMed(num_modalities=2, num_outputs=3, backbone=TINY_BACKBONE, variant="tiny", depth=2, **kw).eval()
+
+
+def test_mean_pooling_reads_real_tokens_only():
+    model = tiny_model(pool="mean", layer_scale=1e-4)
+    x = torch.rand(2, 2, 8, 32, 32)
+    mask = torch.ones(2, 2, 8, dtype=torch.bool)
+    mask[1, 1, 5:] = False
+    noisy = x.clone()
+    noisy[~mask] = torch.randn_like(noisy[~mask]) * 1e3
+    with torch.no_grad():
+        ref = model(x, mask)
+        assert torch.equal(model(noisy, mask), ref)
+        longer = torch.cat([x, torch.rand(2, 2, 3, 32, 32)], dim=2), torch.cat([mask, torch.zeros(2, 2, 3, dtype=torch.bool)], dim=2)
+        assert torch.allclose(model(*longer), ref, atol=1e-5)  # more padding, same studies
+        model.export_mode = True
+        assert torch.allclose(model(x, mask), ref, atol=1e-5)
+
+
+def test_small_layer_scale_starts_every_block_near_the_identity():
+    model = tiny_model(layer_scale=1e-6)
+    tokens = torch.randn(2, 5, model.dim)
+    with torch.no_grad():
+        for block in model.encoder.blocks:
+            assert torch.allclose(block(tokens)[0], tokens, atol=1e-4)
+    assert all(p.dim() == 1 for name, p in model.named_parameters() if name.endswith("gamma"))  # no weight decay (1-D)
+
+
+def test_pool_and_layer_scale_are_config_keys_with_checks(tiny_cfg):
+    kwargs = model_kwargs(tiny_cfg(**{"model.pool": "mean", "model.layer_scale": "0.1"}), 3)
+    assert kwargs["pool"] == "mean" and kwargs["layer_scale"] == 0.1
+    with pytest.raises(ConfigError, match="model.pool"):
+        load_config(None, ["model.pool=max"])
+    with pytest.raises(ConfigError, match="model.layer_scale"):
+        load_config(None, ["model.layer_scale=0"])
