@@ -110,7 +110,8 @@ def test_bundle_verification_passes_offline_from_the_shell(bundle, hidden_env):
     from transmed.deploy.monai_bundle import SCHEMA_FILE, SCHEMA_MD5
 
     meta, config = "configs/metadata.json", "configs/inference.json"
-    verify_metadata(meta_file=str(bundle / meta), filepath=str(SCHEMA_FILE), hash_val=SCHEMA_MD5)  # the vendored schema: no download
+    schema = bundle / "docs" / SCHEMA_FILE.name  # the bundle's own copy: no download, no transmed
+    verify_metadata(meta_file=str(bundle / meta), filepath=str(schema), hash_val=SCHEMA_MD5)
     env = {**hidden_env, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # no network either
     done = run_python(["-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file", meta, "--config_file", config], bundle, env)
     assert done.returncode == 0, done.stderr[-2000:]

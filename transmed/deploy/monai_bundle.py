@@ -5,9 +5,9 @@
                                     transforms, the network, probabilities to eval/predictions.json
     BUNDLE/models/model.pt2         the network as a `torch.export` program (`NanPadded`: input `image`)
     BUNDLE/scripts/                 the stack checks, stacking, the inference loop (`bundle_scripts/`)
-    BUNDLE/docs/README.md           the model card
+    BUNDLE/docs/                    README.md (the model card), MONAI's metadata schema (verify_metadata offline)
 
-    cd BUNDLE && python -m monai.bundle run --config_file configs/inference.json \
+    cd BUNDLE && python -m monai.bundle run --config_file configs/inference.json \\
         --study#T1 /data/P003/T1.nii.gz --study#T2 /data/P003/T2.nii.gz [--output_file out.json]
 
 The network is a `torch.export` program (`.pt2`, read with `torch.export.load`) rather than
@@ -21,14 +21,14 @@ channels, padded slices and missing modalities NaN.
 Offline verification: `verify_metadata` downloads the JSON schema named in metadata.json's
 `schema` field unless a file is already at `filepath` (with a matching hash, when one is given).
 A copy of that schema (`meta_schema_20240725.json`: the MONAI-extra-test-data 0.8.1 release file,
-as kept in Project-MONAI/project-monai.github.io under public/schema/) ships next to this module;
-`verify_bundle` passes it with its md5, so no network is needed. From the shell:
+as kept in Project-MONAI/project-monai.github.io under public/schema/) ships next to this module
+and in the bundle's docs/; `verify_bundle` passes it with its md5, so no network is needed. From
+the shell, in the bundle folder (verify_metadata needs jsonschema):
 
-    python -m monai.bundle verify_metadata --meta_file BUNDLE/configs/metadata.json \
-        --filepath "$(python -c 'import transmed.deploy.monai_bundle as b; print(b.SCHEMA_FILE)')" \
-        --hash_val 76e1add273836515d0bbb3bc71962474
-    python -m monai.bundle verify_net_in_out network_def --meta_file BUNDLE/configs/metadata.json \
-        --config_file BUNDLE/configs/inference.json --bundle_root BUNDLE
+    python -m monai.bundle verify_metadata --meta_file configs/metadata.json \\
+        --filepath docs/meta_schema_20240725.json --hash_val 76e1add273836515d0bbb3bc71962474
+    python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json \\
+        --config_file configs/inference.json
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import contextlib
 import json
 import logging
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterator, Optional
@@ -268,6 +267,7 @@ def write_bundle(
     torch.export.save(program, str(folder / "models" / "model.pt2"))
     for script in sorted(SCRIPTS.glob("*.py")):
         shutil.copyfile(script, folder / "scripts" / script.name)
+    shutil.copyfile(SCHEMA_FILE, folder / "docs" / SCHEMA_FILE.name)
     (folder / "docs" / "README.md").write_text(card)
 
 
@@ -284,15 +284,13 @@ def load_bundle_network(folder: Path, device: str = "cpu") -> nn.Module:
 
 
 def verify_bundle(folder: Path, device: str = "cpu") -> None:
-    """MONAI's `verify_metadata` (against the vendored schema, offline) and `verify_net_in_out`."""
+    """MONAI's `verify_metadata` (against the bundle's copy of the schema, offline) and `verify_net_in_out`."""
     from monai.bundle import verify_metadata, verify_net_in_out
 
     meta, config = folder / "configs" / "metadata.json", folder / "configs" / "inference.json"
-    with tempfile.TemporaryDirectory() as tmp, _quiet_monai():
-        schema = Path(tmp) / SCHEMA_FILE.name
-        shutil.copyfile(SCHEMA_FILE, schema)  # already there: verify_metadata skips the download
+    with _quiet_monai():
         try:
-            verify_metadata(meta_file=str(meta), filepath=str(schema), hash_val=SCHEMA_MD5, hash_type="md5")
+            verify_metadata(meta_file=str(meta), filepath=str(folder / "docs" / SCHEMA_FILE.name), hash_val=SCHEMA_MD5, hash_type="md5")
             verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device=device, bundle_root=str(folder))
         except (ValueError, KeyError, RuntimeError) as err:
             if isinstance(err, TransMedError):
