@@ -117,12 +117,12 @@ def cache_dtype(cfg: DictConfig) -> torch.dtype:
 
 
 def pipeline(cfg: DictConfig, train: bool) -> Compose:
-    """Preprocessing, then the cache's type (`cache_dtype`); with `train` (and `data.augment`) the
-    augmentation per study after it (`augment.RandAugmentd`). `build_dataset` asks for it where
-    `augment.augment_where` says "loader"; under "device" the trainer augments the batch."""
+    """Preprocessing, then the cache's type (`cache_dtype`); with `train` the augmentation per study
+    after it (`augment.RandAugmentd`). `build_dataset` asks for it where `augment.augment_where`
+    says "loader"; under "device" the trainer augments the batch, and with `data.augment: false` nothing does."""
     modalities = list(cfg.data.modalities)
     stages = [preprocessing(cfg), CompactStacksd(modalities, cache_dtype(cfg))]
-    if train and cfg.data.augment:
+    if train:
         stages.append(RandAugmentd(modalities))
     return Compose(stages).flatten()  # flat, so cached datasets see where the random part begins
 
