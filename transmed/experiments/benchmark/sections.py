@@ -192,11 +192,8 @@ def bench_fusion(plan: Plan, device: torch.device, log: Log) -> list[dict]:
     for shape in plan.shapes:
         inputs = bench_inputs(shape, device)
         for name in TRANSMED_MODELS:
-            model_only = {
-                "model.name": name,
-                "train.amp": amp,
-                "data.augment": "false",
-            }  # the model's cost: the stem floor augments nothing
+            # the model's cost: no augmentation, as the stem floor has none
+            model_only = {"model.name": name, "train.amp": amp, "data.augment": "false"}
             cfg = bench_config(shape, device, model_only)
             no_encoder_cfg = bench_config(shape, device, model_only)
             no_encoder_cfg.model.depth = 0  # past the config's validation (a model to train needs layers; this one is a probe)
