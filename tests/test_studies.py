@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -23,11 +24,11 @@ from transmed.experiments.studies import (
     Results,
     analyse_fusion,
     load_study,
-    mean_interval,
     run_study,
+    seeds_and_studies,
     study_configs,
-    wilson_interval,
 )
+from transmed.experiments.studies.stats import seconds_interval, uniform_resamples
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -69,13 +70,18 @@ def test_shipped_study_files_parse_and_expand(path, monkeypatch, tmp_path):
         pass
     for base in bases:
         study = load_study(path, base=base)
-        configs = study_configs(study)
-        assert len({cfg.run_name for cfg in configs}) == len(study.runs) >= 2
+        configs = [cfg for _, _, cfg in study_configs(study)]
+        assert study.seeds == [configs[0].seed + i for i in range(3)] and spec["seeds"] == 3  # full runs: 3 seeds
+        assert len({cfg.run_name for cfg in configs}) == 3 * len(study.runs) and len(study.runs) >= 2
+        assert {cfg.seed for cfg in configs} == set(study.seeds) and configs[0].run_name.endswith(f"/seed-{study.seeds[0]}")
         assert all(cfg.wandb.group == study.group == spec["group"] for cfg in configs)
+        assert all(cfg.data.val_fraction == 0.2 for cfg in configs)  # valid chooses the epoch, test reports
         assert {run.role for run in study.runs} >= set(KINDS[study.kind].required)
         assert study.paper and study.claim
         quick = load_study(path, base=base, quick=True)
         assert quick.group == f"{spec['group']}-quick" and set(spec["quick"]["overrides"]) <= set(quick.overrides)
+        assert len(quick.seeds) == 1
+        configs = [cfg for _, seed, cfg in study_configs(quick)]
         names = [run.name for run in study.runs]
         if study.kind == "depth":  # every stage count of the base's backbone, then all, then from scratch
             stages = len([n for n in names if n.startswith("blocks-")]) - 1
@@ -83,7 +89,7 @@ def test_shipped_study_files_parse_and_expand(path, monkeypatch, tmp_path):
             assert configs[-1].model.pretrained is False
         if study.kind == "fusion":
             modalities = list(configs[0].data.modalities)
-            assert names == ["transmed", "late_fusion", "mrnet", "cnn3d", *(f"single-{m}" for m in modalities)]
+            assert names[:4] == ["transmed", "late_fusion", "mrnet", "cnn3d"] and names[4:] == [f"single-{m}" for m in modalities]
             assert [list(cfg.data.modalities) for cfg in configs[-len(modalities) :]] == [[m] for m in modalities]
         if study.kind == "stepwise":
             intermediate, stepwise, _ = configs
@@ -92,17 +98,30 @@ def test_shipped_study_files_parse_and_expand(path, monkeypatch, tmp_path):
             assert "model.init_from=run:intermediate" in stepwise.wandb.tags  # not the path: W&B tags are at most 64 characters
         if study.kind == "uap":
             assert study.settings["natural_images"] == "sample" and quick.settings["max_iter"] < study.settings["max_iter"]
+            assert study.settings["targeted"] and study.settings["early_stop"]
+
+
+def test_each_seed_of_a_stepwise_run_starts_from_the_intermediate_run_of_the_same_seed():
+    study = load_study(ROOT / "configs" / "studies" / "stepwise.yaml", base=DEMO, seeds=[3, 7])
+    configs = {(run.name, seed): cfg for run, seed, cfg in study_configs(study)}
+    for seed in (3, 7):
+        intermediate, stepwise = configs[("intermediate", seed)], configs[("stepwise", seed)]
+        assert stepwise.seed == intermediate.seed == seed
+        assert stepwise.model.init_from == str(Path(intermediate.output_dir) / intermediate.run_name / "checkpoints" / "best.pt")
+    with pytest.raises(ConfigError, match="'seeds' must be a count >= 1"):
+        load_study(ROOT / "configs" / "studies" / "stepwise.yaml", base=DEMO, seeds=0)
 
 
 def test_run_scoped_overrides_apply_to_that_run_after_its_set():
     path = ROOT / "configs" / "studies" / "stepwise.yaml"
-    study = load_study(path, ["train.epochs=2", "intermediate:data.root=/elsewhere", "direct:train.lr=0.5"], base=DEMO)
-    intermediate, stepwise, direct = study_configs(study)
+    study = load_study(path, ["train.epochs=2", "intermediate:data.root=/elsewhere", "direct:train.lr=0.5"], base=DEMO, quick=True)
+    intermediate, stepwise, direct = [cfg for _, _, cfg in study_configs(study)]
     assert intermediate.data.root == "/elsewhere" and stepwise.data.root == direct.data.root != "/elsewhere"
     assert direct.train.lr == 0.5 and stepwise.train.lr != 0.5
     assert {cfg.train.epochs for cfg in (intermediate, stepwise, direct)} == {2}
-    resumed = study_configs(load_study(path, ["train.resume=auto"], base=DEMO))  # finishing a study names no run
-    assert [cfg.run_name for cfg in resumed] == [f"study-stepwise/{name}" for name in ("intermediate", "stepwise", "direct")]
+    resumed = study_configs(load_study(path, ["train.resume=auto"], base=DEMO, quick=True))  # finishing a study names no run
+    seed = resumed[0][1]
+    assert [cfg.run_name for _, _, cfg in resumed] == [f"study-stepwise-quick/{n}/seed-{seed}" for n in ("intermediate", "stepwise", "direct")]
     with pytest.raises(ConfigError, match="'nobody' is no run name or role"):
         load_study(path, ["nobody:train.lr=1"], base=DEMO)
 
@@ -131,53 +150,83 @@ def test_a_bad_study_file_fails_before_anything_trains(tmp_path, spec, message):
 # ---- intervals and verdicts -------------------------------------------------------------------
 
 
-def test_wilson_interval_and_mean_interval():
-    assert wilson_interval(0, 10).low == 0 and wilson_interval(0, 10).high == pytest.approx(0.2775, abs=1e-4)
-    half = wilson_interval(5, 10)
-    assert (half.value, round(half.low, 4), round(half.high, 4)) == (0.5, 0.2366, 0.7634)
-    assert wilson_interval(10, 10).high == 1.0 and not wilson_interval(0, 0).measured
-    times = mean_interval([10.0, 12.0, 11.0])
-    assert times.value == 11.0 and times.low == pytest.approx(11 - 4.303 / math.sqrt(3), abs=1e-3)
-    assert mean_interval([3.0]).measured and not mean_interval([3.0]).has_interval
+def test_the_seed_and_study_bootstrap_covers_both_sources_of_noise():
+    rng = np.random.default_rng(0)
+    n = 200
+    studies = uniform_resamples(n, 500, rng)
+    assert studies.shape == (500, n) and (studies.sum(axis=1) == n).all()
+    values = [rng.normal(loc, 0.3, n) for loc in (0.0, 0.6, 0.3)]  # three seeds of a per-study difference
+    per_seed = lambda s, w: w @ values[s] / w.sum(axis=1)  # noqa: E731
+    both = seeds_and_studies(per_seed, 3, studies, np.random.default_rng(1))
+    assert both.value == pytest.approx(np.mean([v.mean() for v in values]))
+    assert both.low < both.value < both.high
+    one = seeds_and_studies(per_seed, 1, studies, np.random.default_rng(1))  # one seed: the studies' interval only
+    assert one.value == pytest.approx(values[0].mean()) and one.high - one.low == pytest.approx(2 * 1.96 * 0.3 / math.sqrt(n), rel=0.3)
+    same = seeds_and_studies(lambda s, w: w @ values[0] / w.sum(axis=1), 3, studies, np.random.default_rng(1))
+    assert same.high - same.low < both.high - both.low  # seeds that agree add no width
+    assert not seconds_interval([[2.0]]).has_interval and seconds_interval([[2.0]]).value == 2.0
+    diff = seconds_interval([[2.0, 2.2], [2.1, 2.3]], [[1.0, 1.1], [1.0, 1.2]])
+    assert diff.value == pytest.approx(1.075) and 0 < diff.low <= diff.value <= diff.high
 
 
-def test_a_verdict_states_a_direction_only_when_the_intervals_are_apart():
-    def verdict(a, b, expect="higher", unit="auc"):
-        return Comparison("c", "a", "b", Interval(*a), Interval(*b), expect, unit)
+def test_a_verdict_follows_the_paired_difference():
+    def verdict(diff, expect="higher", unit="auc", a=(0.9, 0.85, 0.95), b=(0.7, 0.6, 0.8)):
+        return Comparison("c", "a", "b", Interval(*a), Interval(*b), Interval(*diff), expect, unit)
 
-    assert verdict((0.9, 0.85, 0.95), (0.7, 0.6, 0.8)).verdict == HOLDS
-    assert verdict((0.9, 0.85, 0.95), (0.7, 0.6, 0.8), expect="lower").verdict == FAILS
-    assert verdict((0.9, 0.75, 0.95), (0.7, 0.6, 0.8)).verdict == "inconclusive (intervals overlap)"
-    assert verdict((0.9, math.nan, math.nan), (0.7, 0.6, 0.8)).verdict == "inconclusive (no interval)"
-    assert verdict((math.nan,) * 3, (0.7, 0.6, 0.8)).verdict == NOT_MEASURED
-    assert verdict((0.9, 0.85, 0.95), (0.7, 0.6, 0.8)).difference() == "+0.200 AUC"
-    assert verdict((5.0, 4.0, 6.0), (10.0, 9.0, 11.0), "lower", "seconds").difference() == "0.50x the time (-50%)"
-    assert verdict((0.4, 0.3, 0.5), (0.1, 0.05, 0.2), unit="rate").difference() == "+30.0 points, 4.0x"
+    assert verdict((0.2, 0.1, 0.3)).verdict == HOLDS
+    assert verdict((0.2, 0.1, 0.3), expect="lower").verdict == FAILS
+    # overlapping arm intervals, but a paired difference away from 0: the pairing decides
+    assert verdict((0.05, 0.01, 0.09), a=(0.75, 0.6, 0.9), b=(0.7, 0.55, 0.85)).verdict == HOLDS
+    assert verdict((0.2, -0.01, 0.3)).verdict == "inconclusive (the difference's interval holds 0)"
+    assert verdict((0.2, math.nan, math.nan)).verdict == "inconclusive (no interval)"
+    assert verdict((math.nan,) * 3).verdict == NOT_MEASURED
+    assert verdict((0.2, 0.1, 0.3)).difference() == "+0.200 AUC [+0.1, +0.3]"
+    assert verdict((-5.0, -6.0, -4.0), "lower", "seconds", (5.0, 4.0, 6.0), (10.0, 9.0, 11.0)).difference() == (
+        "-5.00 s [-6, -4] (0.50x the time, -50%)"
+    )
+    assert verdict((0.3, 0.2, 0.4), unit="rate", a=(0.4, 0.3, 0.5), b=(0.1, 0.05, 0.2)).difference() == "+30.0 points [+20.0, +40.0], 4.0x"
+
+
+def fake_predictions(folder: Path, labels: np.ndarray, signal: float, seed: int) -> None:
+    """predictions-valid.csv of a model whose scores carry `signal` times the label, plus noise."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame({"id": [f"{i:04d}" for i in range(len(labels))]})
+    for k, name in enumerate(("abnormal", "acl", "meniscus")):
+        frame[f"prob/{name}"] = 1 / (1 + np.exp(-(signal * (2 * labels[:, k] - 1) + rng.normal(0, 1, len(labels)))))
+    for k, name in enumerate(("abnormal", "acl", "meniscus")):
+        frame[f"label/{name}"] = labels[:, k]
+    frame.to_csv(folder / "predictions-valid.csv", index=False)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "sec/epoch": 1.0 + 0.1 * e}) + "\n" for e in (1, 2)))
 
 
 def test_fusion_analysis_compares_transmed_with_each_baseline_and_the_best_single_modality(tmp_path):
     path = ROOT / "configs" / "studies" / "fusion.yaml"
-    study = load_study(path, [f"output_dir={tmp_path}"], base=DEMO)
-    aucs = {
-        "transmed": 0.95,
-        "late_fusion": 0.7,
-        "mrnet": 0.93,
-        "cnn3d": None,
-        "single-sagittal": 0.6,
-        "single-coronal": 0.8,
-        "single-axial": 0.5,
-    }
-    rows = []
-    for run in study.runs:
-        auc = aucs[run.name]
-        row = {"run": run.name, "role": run.role, "status": "ok" if auc else "failed: x", "val/auc": auc or math.nan}
-        row.update({"val/auc_ci_low": (auc or math.nan) - 0.05, "val/auc_ci_high": (auc or math.nan) + 0.05, "test/auc": math.nan})
-        row.update({"sec/epoch": 1.0, "sec/epoch_ci_low": 0.9, "sec/epoch_ci_high": 1.1})
+    study = load_study(path, [f"output_dir={tmp_path}"], base=DEMO, seeds=[0, 1])
+    signal = {"transmed": 2.0, "late_fusion": 0.3, "mrnet": 1.9, "cnn3d": None, "single-sagittal": 0.2, "single-coronal": 0.5, "single-axial": 0.0}
+    labels = np.random.default_rng(9).integers(0, 2, (120, 3))
+    rows, configs = [], []
+    for run, seed, cfg in study_configs(study):
+        folder = tmp_path / run.name / f"seed-{seed}"
+        value = signal[run.name]
+        if value is not None:
+            fake_predictions(folder, labels, value, seed * 100 + len(rows))
+        row = {"run": run.name, "role": run.role, "seed": seed, "dir": str(folder), "status": "ok" if value is not None else "failed: x"}
+        row.update({"val/auc": value if value is not None else math.nan, "test/auc": math.nan})
         rows.append(row)
-    results = Results(study, pd.DataFrame(rows), study_configs(study), "val/auc")
+        configs.append(cfg)
+    results = Results(study, pd.DataFrame(rows), configs, "val/auc", n_bootstrap=200)
     analysis = analyse_fusion(results, tmp_path)
     verdicts = {c.b: c.verdict for c in analysis.comparisons}
-    assert verdicts == {"late_fusion": HOLDS, "mrnet": "inconclusive (intervals overlap)", "cnn3d": NOT_MEASURED, "single-coronal": HOLDS}
+    assert verdicts == {
+        "late_fusion": HOLDS,
+        "mrnet": "inconclusive (the difference's interval holds 0)",
+        "cnn3d": NOT_MEASURED,
+        "single-coronal": HOLDS,
+    }
+    late = next(c for c in analysis.comparisons if c.b == "late_fusion")
+    assert late.diff.value == pytest.approx(late.ia.value - late.ib.value)  # the mean of paired differences
+    assert late.ia.low < late.ia.value < late.ia.high and late.diff.low > 0
     assert (tmp_path / "fusion.png").stat().st_size > 0
 
 
@@ -190,22 +239,27 @@ def test_depth_study_writes_the_report_with_intervals_and_verdicts(tmp_path, sma
         {"name": "blocks-all", "role": "imagenet", "set": {"model.trainable_blocks": "all"}},
         {"name": "scratch", "role": "scratch", "set": {"model.pretrained": False}},
     ]
-    path = study_file(tmp_path, "depth", runs, quick={"overrides": ["train.epochs=1", "train.lr=2e-3"]})
+    path = study_file(tmp_path, "depth", runs, quick={"overrides": ["train.epochs=1", "train.lr=2e-3"], "seeds": [1, 2]})
     overrides = [o for o in tiny(small_root, tmp_path, **{"data.val_fraction": "0.25"}) if not o.startswith("train.epochs=")]
-    main([str(path), "--quick", "--bootstrap", "50", *overrides])  # --quick: 1 epoch
+    main([str(path), "--quick", "--bootstrap", "50", *overrides])  # --quick: 1 epoch, the quick seeds
 
     out = tmp_path / "tiny-depth-quick"
     frame = pd.read_csv(out / "comparison.csv")
-    assert list(frame["run"]) == ["blocks-0", "blocks-all", "scratch"] and (frame["status"] == "ok").all()
-    assert (frame["params/trainable"].iloc[0] < frame["params/trainable"].iloc[1]) and frame["test/auc"].notna().all()
-    metrics = (out / "blocks-0" / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) == 1 and yaml.safe_load((out / "scratch" / "config.yaml").read_text())["train"]["lr"] == 2e-3
+    assert list(frame["run"]) == [f"{run} seed-{seed}" for run in ("blocks-0", "blocks-all", "scratch") for seed in (1, 2)]
+    assert (frame["status"] == "ok").all() and list(frame["seed"]) == [1, 2] * 3
+    assert (frame["params/trainable"].iloc[0] < frame["params/trainable"].iloc[2]) and frame["test/auc"].notna().all()
+    for seed in (1, 2):
+        metrics = (out / "blocks-0" / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()
+        assert len(metrics) == 1 and yaml.safe_load((out / "scratch" / f"seed-{seed}" / "config.yaml").read_text())["seed"] == seed
+        assert (out / "blocks-0" / f"seed-{seed}" / "predictions-test.csv").is_file()
+    assert yaml.safe_load((out / "scratch" / "seed-1" / "config.yaml").read_text())["train"]["lr"] == 2e-3
     report = (out / "report.md").read_text()
     assert "# tiny depth" in report and "**Paper**: A. Author (2020)" in report and "**Claim**: it holds" in report
-    assert "| blocks-0 | imagenet |" in report and "test/auc [95% CI]" in report and "sec/epoch [95% CI]" in report
+    assert "| blocks-0 | imagenet |" in report and "test AUC [95% CI]" in report and "sec/epoch [95% CI]" in report
+    assert "Measured on the test split, which did not choose the epoch." in report and "2 seed(s)" in report
+    assert "## Per seed" in report and report.count("| blocks-0 | 1 |") == 1 and report.count("| blocks-0 | 2 |") == 1
     assert "Tuning only the top blocks saves training time" in report
     assert report.count("| blocks-0 vs blocks-all |") == 2 and "x the time" in report
-    assert "inconclusive (no interval)" in report  # one epoch: no interval for seconds per epoch
     assert any(v in report for v in (HOLDS, FAILS, "inconclusive"))
     assert "**Warning**" in report and "model.pretrained=false" in report  # the base has no ImageNet weights
     assert "![AUC and seconds per epoch per run](depth.png)" in report and (out / "depth.png").stat().st_size > 0
@@ -218,29 +272,32 @@ def test_uap_study_measures_fooling_rates_with_wilson_intervals(tmp_path, small_
         {"name": "scratch", "role": "scratch", "set": {"model.pretrained": False}},
     ]
     settings = {"max_iter": 1, "random_trials": 1, "crops": 3}
-    path = study_file(tmp_path, "uap", runs, settings=settings)
+    path = study_file(tmp_path, "uap", runs, settings=settings, seeds=1)
     out_dir, frame = run_study(path, tiny(small_root, tmp_path), n_bootstrap=20)
 
     assert (frame["status"] == "ok").all(), frame["status"].tolist()
     assert sorted(p.name for p in (out_dir / "natural-images").iterdir()) == [f"grace_hopper-{i:03d}.png" for i in range(3)]
-    for source in ("train", "natural"):
-        uap = json.loads((out_dir / "pretrained" / f"uap-{source}" / "uap.json").read_text())
+    for source in ("train", "natural", "targeted"):
+        uap = json.loads((out_dir / "pretrained" / "seed-42" / f"uap-{source}" / "uap.json").read_text())
         assert uap["settings"]["n_eval"] == 10 and uap["settings"]["split"] == "valid"
-        assert (
-            (frame[f"fooling/{source}_ci_low"] <= frame[f"fooling/{source}"])
-            & (frame[f"fooling/{source}"] <= frame[f"fooling/{source}_ci_high"])
-        ).all()
-    natural = json.loads((out_dir / "scratch" / "uap-natural" / "uap.json").read_text())["settings"]
-    trained = json.loads((out_dir / "scratch" / "uap-train" / "uap.json").read_text())["settings"]
-    assert natural["radius"] == pytest.approx(trained["radius"], rel=1e-4)  # the same norm for both sources
+        for control, achieved in zip(uap["settings"]["control_norm"], uap["settings"]["achieved_norm"]):
+            assert abs(control - achieved) <= 1e-6 * achieved  # the control at the UAP's own norm
+        assert frame[f"uap/{source}/achieved_norm"].le(frame[f"uap/{source}/radius"] * (1 + 1e-5)).all()
+    assert uap["settings"]["target"] in ("abnormal", "acl", "meniscus")
+    natural = json.loads((out_dir / "scratch" / "seed-42" / "uap-natural" / "uap.json").read_text())["settings"]
+    trained = json.loads((out_dir / "scratch" / "seed-42" / "uap-train" / "uap.json").read_text())["settings"]
+    assert natural["radius"] == pytest.approx(trained["radius"], rel=1e-4)  # the same budget for both sources
     report = (out_dir / "report.md").read_text()
-    assert "## Fooling rates" in report and "random, same norm [95% CI]" in report and "Wilson" in report
+    assert "## Rates on held-out studies, mean over 1 seed(s)" in report and "random, same norm [95% CI]" in report
+    assert "achieved norm" in report and "budget (radius)" in report and "crafting-set rate" in report
     assert "| pretrained natural UAP vs pretrained random |" in report and "| scratch natural UAP vs pretrained natural UAP |" in report
+    assert "| pretrained training UAP vs pretrained random (train) |" in report
+    assert "| pretrained targeted natural UAP vs pretrained random (targeted) |" in report
     assert (out_dir / "uap.png").stat().st_size > 0
 
     # a rerun with train.resume=auto keeps the finished runs and their UAPs
     _, again = run_study(path, [*tiny(small_root, tmp_path), "train.resume=auto"], n_bootstrap=20)
-    assert again["fooling/natural"].tolist() == frame["fooling/natural"].tolist()
+    assert again["uap/natural/rate"].tolist() == frame["uap/natural/rate"].tolist()
 
 
 def test_stepwise_study_starts_the_target_run_from_the_intermediate_one(tmp_path, small_root):
@@ -250,10 +307,11 @@ def test_stepwise_study_starts_the_target_run_from_the_intermediate_one(tmp_path
         {"name": "stepwise", "role": "stepwise", "set": {"model.init_from": "run:intermediate"}},
         {"name": "direct", "role": "direct", "set": {}},
     ]
-    path = study_file(tmp_path, "stepwise", runs)
+    path = study_file(tmp_path, "stepwise", runs, seeds=1)
     out_dir, frame = run_study(path, tiny(small_root, tmp_path), n_bootstrap=20)
     assert (frame["status"] == "ok").all(), frame["status"].tolist()
-    stepwise = yaml.safe_load((out_dir / "stepwise" / "config.yaml").read_text())
-    assert stepwise["model"]["init_from"] == str(out_dir / "intermediate" / "checkpoints" / "best.pt")
+    stepwise = yaml.safe_load((out_dir / "stepwise" / "seed-42" / "config.yaml").read_text())
+    assert stepwise["model"]["init_from"] == str(out_dir / "intermediate" / "seed-42" / "checkpoints" / "best.pt")
     report = (out_dir / "report.md").read_text()
     assert "| stepwise vs direct |" in report and "Intermediate run `intermediate`" in report and "tasks ['abnormal']" in report
+    assert "**Warning**: AUC on valid, which also chose each run's best epoch" in report  # no test split here

@@ -10,7 +10,10 @@ Crafting is the iterative algorithm of Hirano & Takemoto (2020) with FGSM steps:
 crafting studies in shuffled mini-batches; the studies of a batch that `rho` does not fool yet
 give the loss gradient with respect to `rho`; a step of `step * radius` along its sign (linf) or
 its per-modality unit direction (l2); projection back onto the ball. Passes stop after `max_iter`
-or when the crafting fooling (or targeted success) rate reaches `1 - delta`.
+or, with `early_stop`, when the crafting fooling (or targeted success) rate reaches `1 - delta`.
+Crafting usually stops short of the ball's surface, so the UAP's achieved norm (per modality) is
+recorded beside the budget, and the random control is drawn at the achieved norm (as Minagi et al.'s
+code does): a control at the budget would be larger than the UAP it is compared with.
 
 "Fooled" means the predicted label changes: for multilabel models any task's 0.5-thresholded
 prediction flips (the loss pushes every task away from its clean prediction); for multiclass the
@@ -33,11 +36,11 @@ from PIL import Image
 from torch import nn
 
 from ..config import min_slices_for
-from ..core.errors import DataError, ResultExistsError
+from ..core.errors import DataError, ResultExistsError, UsageError
 from ..core.io import write_json
 from ..core.labels import LabelSpec, Predictions
 from ..core.progress import progress
-from ..data import build_dataset, build_loader, pad_collate
+from ..data import build_dataset, build_loader, pad_collate, read_manifest
 from ..data.collate import to_device, to_float
 from ..engine.inference import predict
 from ..engine.scores import point_aucs
@@ -56,6 +59,12 @@ class UAP:
     mean_input_norm: float  # mean Lp norm of a real slice image of the crafting inputs
     passes: int
     crafting_rate: float  # fooling rate (or targeted success rate) on the crafting inputs
+    norm: str = "l2"
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """(M,) the achieved Lp norm of each modality's perturbation (at most `radius`)."""
+        return lp_norm(self.perturbation, self.norm)
 
 
 def apply_perturbation(x: torch.Tensor, mask: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -77,13 +86,19 @@ def project(rho: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
     return rho * scale[:, None, None]
 
 
-def random_perturbation(shape: Sequence[int], radius: float, norm: str, generator: torch.Generator) -> torch.Tensor:
-    """Control of the same size: per modality, random signs times `radius` (linf) or Gaussian noise
-    scaled to L2 norm `radius` (l2)."""
+def random_perturbation(shape: Sequence[int], norms: float | torch.Tensor, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A random control of the given per-modality Lp norms (a number, or one per modality): random
+    signs times the norm (linf) or Gaussian noise scaled to that L2 norm (l2)."""
+    norms = torch.as_tensor(norms, dtype=torch.float32).expand(shape[0])[:, None, None]
     if norm == "linf":
-        return radius * (torch.randint(0, 2, tuple(shape), generator=generator) * 2 - 1).float()
+        return norms * (torch.randint(0, 2, tuple(shape), generator=generator) * 2 - 1).float()
     noise = torch.randn(tuple(shape), generator=generator)
-    return noise * (radius / lp_norm(noise, norm))[:, None, None]
+    return noise * norms / lp_norm(noise, norm)[:, None, None]
+
+
+def random_control(uap: UAP, generator: torch.Generator) -> torch.Tensor:
+    """A random perturbation with the UAP's achieved norm, modality by modality."""
+    return random_perturbation(uap.perturbation.shape, uap.norms, uap.norm, generator)
 
 
 def decisions(probs: torch.Tensor, spec: LabelSpec) -> torch.Tensor:
@@ -124,14 +139,27 @@ def predict_with(model: nn.Module, spec: LabelSpec, batches: Iterable[dict], rho
     return predict(model if rho is None else Perturbed(model, rho), batches, spec, device, amp=False, desc=desc)
 
 
-def success_rate(clean: Predictions, attacked: Predictions, spec: LabelSpec, target: Optional[int] = None) -> float:
-    """Fooling rate (share of studies whose decision changed) or, with a target, the targeted success
-    rate; studies are matched by id, so the two may come in different orders."""
+def successes(clean: Predictions, attacked: Predictions, spec: LabelSpec, target: Optional[int] = None) -> np.ndarray:
+    """(N,) bool per study of `clean`: fooled (its decision changed) or, with a target, predicted on
+    target; studies are matched by id, so the two may come in different orders."""
     order = {sid: i for i, sid in enumerate(attacked.ids)}
     after = decisions(torch.from_numpy(attacked.probs[[order[sid] for sid in clean.ids]]), spec)
     if target is not None:
-        return float(on_target(after, target).double().mean())
-    return float(changed(decisions(torch.from_numpy(clean.probs), spec), after).double().mean())
+        return on_target(after, target).numpy()
+    return changed(decisions(torch.from_numpy(clean.probs), spec), after).numpy()
+
+
+def success_rate(clean: Predictions, attacked: Predictions, spec: LabelSpec, target: Optional[int] = None) -> float:
+    """Fooling rate (share of studies whose decision changed) or, with a target, the targeted success rate."""
+    return float(successes(clean, attacked, spec, target).mean())
+
+
+def least_called(clean: Predictions, spec: LabelSpec) -> int:
+    """The output the model calls least often on clean inputs (task positive, or class predicted): the
+    target with the most room for a targeted UAP."""
+    after = decisions(torch.from_numpy(clean.probs), spec)
+    rates = after.double().mean(dim=0) if spec.kind == "multilabel" else torch.bincount(after, minlength=spec.num_outputs).double()
+    return int(rates.argmin())
 
 
 def _loss(logits: torch.Tensor, spec: LabelSpec, clean: torch.Tensor, target: Optional[int]) -> torch.Tensor:
@@ -167,9 +195,11 @@ def craft_uap(
     step: float = 0.1,
     max_iter: int = 10,
     delta: float = 0.2,
+    early_stop: bool = True,
 ) -> UAP:
     """Crafts a UAP from the crafting batches (dicts with `x`, `mask`, `id`; iterated once per pass,
-    so a shuffling loader gives a new order each pass). See the module docstring."""
+    so a shuffling loader gives a new order each pass). See the module docstring; `early_stop=False`
+    runs all `max_iter` passes (Minagi et al. run with delta near 0)."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if zeta <= 0:
@@ -197,9 +227,9 @@ def craft_uap(
                     rho = project(rho.detach() + step * radius * direction, radius, norm)
                 rho = rho.detach()
         rate = success_rate(clean, predict_with(model, spec, batches, rho), spec, target)
-        if rate >= 1 - delta:
+        if early_stop and rate >= 1 - delta:
             break
-    return UAP(rho.cpu(), radius, mean_norm, passes, rate)
+    return UAP(rho.cpu(), radius, mean_norm, passes, rate, norm)
 
 
 def image_folder_batches(folder: str | Path, cfg: DictConfig, batch_size: int) -> list[dict]:
@@ -248,66 +278,93 @@ def run_robustness(
     step: float = 0.1,
     max_iter: int = 10,
     delta: float = 0.2,
+    early_stop: bool = True,
     random_trials: int = 5,
 ) -> Path:
     """Crafts a UAP from `source` (`train`: the training studies; else a folder of images), applies it to
     `split` and writes `uap.json`, `uap.npy` (the perturbation) and `uap.png`; returns the folder.
 
-    `random_fooling_rate` is the mean over `random_trials` random perturbations of the same norm.
+    Crafting and evaluation use disjoint studies (a split that shares studies with the crafting set is
+    refused), and the crafting-set rate is recorded apart (`settings.crafting_rate`): a UAP fools its
+    own crafting studies more often than held-out ones. `random_fooling_rate` is the mean over
+    `random_trials` random perturbations with the UAP's achieved norm per modality
+    (`settings.achieved_norm`, at most the budget `settings.radius`). `target="auto"` targets the
+    output the model calls least often on the clean evaluation studies. `uap.json` also holds the
+    per-study outcomes (`per_study`), which the seed studies pair across runs.
     The default folder is `{run dir}/uap-{norm}-zeta{zeta}[-{target}][-external]`; it is never overwritten.
     """
     model, cfg, spec, _ = load_trained(checkpoint, overrides)
-    target_index = None if target is None else output_index(spec, target)
     name = f"uap-{norm}-zeta{zeta:g}" + (f"-{target}" if target else "") + ("" if source == "train" else "-external")
     out = Path(out) if out is not None else run_folder(checkpoint) / name
     if (out / "uap.json").exists():
         raise ResultExistsError(f"{out} already holds a robustness result; choose another --out")
+    target_index = None if target in (None, "auto") else output_index(spec, target)
     seed = int(cfg.seed)
     torch.manual_seed(seed)
-    if source == "train":
-        generator = torch.Generator().manual_seed(seed)
-        crafting = build_loader(cfg, build_dataset(cfg, "train", train=False), train=True, generator=generator)
-    else:
-        crafting = image_folder_batches(source, cfg, cfg.train.batch_size)
-    uap = craft_uap(model, spec, crafting, zeta=zeta, norm=norm, target=target_index, step=step, max_iter=max_iter, delta=delta)
-
     evaluation = build_loader(cfg, build_dataset(cfg, split, train=False), train=False)
     clean = predict_with(model, spec, evaluation)
+    if target == "auto":
+        target_index = least_called(clean, spec)
+    target_name = None if target_index is None else spec.names[target_index]
+    if source == "train":
+        overlap = sorted({item["id"] for item in read_manifest(cfg, "train")} & set(clean.ids))
+        if overlap:
+            raise UsageError(
+                f"--split {split} shares {len(overlap)} studies (e.g. {overlap[0]}) with the training studies the UAP is crafted "
+                "from; evaluate on a held-out split (valid or test)"
+            )
+        crafting = build_loader(cfg, build_dataset(cfg, "train", train=False), train=True, generator=torch.Generator().manual_seed(seed))
+    else:
+        crafting = image_folder_batches(source, cfg, cfg.train.batch_size)
+    uap = craft_uap(
+        model, spec, crafting, zeta=zeta, norm=norm, target=target_index, step=step, max_iter=max_iter, delta=delta, early_stop=early_stop
+    )
+
     attacked = predict_with(model, spec, evaluation, uap.perturbation)
     generator = torch.Generator().manual_seed(seed + 1)
-    controls = [
-        predict_with(model, spec, evaluation, random_perturbation(uap.perturbation.shape, uap.radius, norm, generator))
-        for _ in range(random_trials)
-    ]
-    result: dict = {
-        "fooling_rate": success_rate(clean, attacked, spec),
-        "random_fooling_rate": float(np.mean([success_rate(clean, c, spec) for c in controls])),
-    }
+    rhos = [random_control(uap, generator) for _ in range(random_trials)]
+    controls = [predict_with(model, spec, evaluation, rho) for rho in rhos]
+    fooled = successes(clean, attacked, spec)
+    random_fooled = np.mean([successes(clean, c, spec) for c in controls], axis=0)
+    result: dict = {"fooling_rate": float(fooled.mean()), "random_fooling_rate": float(random_fooled.mean())}
+    per_study: dict = {"id": list(clean.ids), "fooled": fooled.astype(int).tolist(), "random_fooled": random_fooled.tolist()}
     if target_index is not None:
-        result["targeted_success_rate"] = success_rate(clean, attacked, spec, target_index)
-        result["random_targeted_success_rate"] = float(np.mean([success_rate(clean, c, spec, target_index) for c in controls]))
+        hit = successes(clean, attacked, spec, target_index)
+        random_hit = np.mean([successes(clean, c, spec, target_index) for c in controls], axis=0)
+        result["targeted_success_rate"] = float(hit.mean())
+        result["random_targeted_success_rate"] = float(random_hit.mean())
         result["clean_on_target_rate"] = success_rate(clean, clean, spec, target_index)
+        per_study.update({"on_target": hit.astype(int).tolist(), "random_on_target": random_hit.tolist()})
     if clean.labels is not None:
         mean_auc = lambda p: point_aucs(p.probs, clean.labels, spec.names, spec.kind)["mean"]  # noqa: E731
         result["auc"] = {"clean": mean_auc(clean), "uap": mean_auc(attacked), "random": float(np.mean([mean_auc(c) for c in controls]))}
+    achieved = uap.norms.tolist()
     result["settings"] = {
         "zeta": zeta,
         "norm": norm,
         "source": str(source),
-        "target": target,
+        "target": target_name,
         "split": split,
         "checkpoint": str(checkpoint),
         "radius": uap.radius,
+        "achieved_norm": achieved,
+        "achieved_zeta": [value / uap.mean_input_norm for value in achieved],
+        "control_norm": [max(float(v) for v in values) for values in zip(*(lp_norm(rho, norm).tolist() for rho in rhos))]
+        if rhos
+        else [],
         "mean_input_norm": uap.mean_input_norm,
         "step": step,
         "max_iter": max_iter,
         "delta": delta,
+        "early_stop": early_stop,
         "passes": uap.passes,
         "crafting_rate": uap.crafting_rate,
+        "n_craft": sum(len(batch["id"]) for batch in crafting),
         "random_trials": random_trials,
         "seed": seed,
         "n_eval": len(clean.ids),
     }
+    result["per_study"] = per_study
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "uap.json", result)
     np.save(out / "uap.npy", uap.perturbation.numpy())
@@ -336,8 +393,8 @@ def plot_uap(rho: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, modalities:
     fig.colorbar(shown, ax=axes[0].tolist(), fraction=0.03)
     s = result["settings"]
     fig.suptitle(
-        f"{s['norm']} UAP, zeta {s['zeta']:g} (radius {s['radius']:.3g}): fooling rate {result['fooling_rate']:.2f}, "
-        f"random {result['random_fooling_rate']:.2f}"
+        f"{s['norm']} UAP, zeta {s['zeta']:g} (budget {s['radius']:.3g}, achieved {max(s['achieved_norm']):.3g}): "
+        f"fooling rate {result['fooling_rate']:.2f}, random at the achieved norm {result['random_fooling_rate']:.2f}"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -175,6 +175,26 @@ def compute_metrics(
     return {"tasks": tasks, "overall": overall, "n": n, "thresholds": used}
 
 
+def resampled_mean_auc(probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str, weights: np.ndarray) -> np.ndarray:
+    """(R,) the mean AUC over tasks (or macro over classes) for each row of study weights (R, N), as
+    `compute_metrics` resamples it: a resample that leaves a task one class is left out of that
+    task's mean. A row of ones gives the point value."""
+    scores, targets = binary_targets(probs, labels, names, kind)
+    per_task = []
+    for j in range(scores.shape[1]):
+        y = targets[:, j]
+        auc = _ranking_metrics(scores[:, j], y, weights)[0]
+        auc[(weights @ y == 0) | (weights @ ~y == 0)] = np.nan
+        per_task.append(auc)
+    return _nanmean(np.stack(per_task), axis=0)
+
+
+def study_resamples(labels: np.ndarray, names: list[str], kind: str, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, N) bootstrap counts of studies, stratified as `compute_metrics` does."""
+    _, targets = binary_targets(np.full((len(labels), len(names)), 0.5), labels, names, kind)
+    return _bootstrap_weights(targets, kind, n_bootstrap, rng)
+
+
 def youden_thresholds(probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str) -> dict[str, float]:
     """Per task/class threshold maximising Youden's J (sensitivity + specificity - 1).
 

@@ -38,7 +38,7 @@ from ..core.progress import progress
 from ..core.tables import markdown_table
 from ..data import read_manifest
 from ..engine import train
-from ..evaluation.evaluate import predict_split
+from ..evaluation.evaluate import predict_split, predictions_frame
 from ..evaluation.metrics import compute_metrics
 from ..models.loading import load_trained
 
@@ -132,14 +132,17 @@ def has_split(cfg: DictConfig, split: str) -> bool:
         return False
 
 
-def bootstrap_aucs(checkpoint: Path, n_bootstrap: int = 1000) -> dict[str, dict]:
+def bootstrap_aucs(checkpoint: Path, n_bootstrap: int = 1000, save_to: Optional[Path] = None) -> dict[str, dict]:
     """`{split: {"value", "ci"}}` of the checkpoint's AUC (mean over tasks, or macro over classes) on
-    `valid` and, where the data has one, `test`."""
+    `valid` and, where the data has one, `test`; with `save_to`, each split's per-study predictions
+    go to `{save_to}/predictions-{split}.csv` (what the seed studies pair across runs)."""
     model, cfg, spec, _ = load_trained(checkpoint)
     result = {}
     for split in ("valid", "test"):
         if split == "valid" or has_split(cfg, split):
             preds = predict_split(model, cfg, spec, split)
+            if save_to is not None:
+                predictions_frame(preds, spec).to_csv(save_to / f"predictions-{split}.csv", index=False)
             metrics = compute_metrics(preds.probs, preds.labels, list(spec.names), spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)
             result[split] = metrics["overall"]["auc"]
     return result
@@ -150,7 +153,7 @@ def run_result(run_dir: Path, n_bootstrap: int = 1000) -> dict[str, Any]:
     where the data has it), parameter counts and mean seconds per epoch."""
     summary = json.loads((run_dir / "summary.json").read_text())
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    aucs = bootstrap_aucs(run_dir / "checkpoints" / "best.pt", n_bootstrap)
+    aucs = bootstrap_aucs(run_dir / "checkpoints" / "best.pt", n_bootstrap, save_to=run_dir)
     test = aucs.get("test", {"value": np.nan, "ci": [np.nan, np.nan]})
     return {
         "best_epoch": summary["best"]["epoch"],

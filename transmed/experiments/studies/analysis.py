@@ -4,6 +4,7 @@ analysis is in `uap.py`."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -14,47 +15,139 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from ...evaluation.metrics import resampled_mean_auc, study_resamples
 from .spec import Study
-from .stats import NAN, Comparison, Interval
+from .stats import NAN, Comparison, Interval, seconds_interval, seeds_and_studies
 
 # ---------------------------------------------------------------------------------------------
 # What the analyses read
 
 
+def positions(ids: Sequence[str], wanted: Sequence[str]) -> list[int]:
+    """Where each of `wanted` stands in `ids`."""
+    index = {sid: i for i, sid in enumerate(ids)}
+    return [index[sid] for sid in wanted]
+
+
 @dataclass
 class Results:
+    """The runs of a study, each trained once per seed: `frame` has one row per run and seed (`run`,
+    `role`, `seed`, `dir`, `status`, the ablation's values, extras) and `configs` the matching configs.
+
+    An arm (a run name) is measured as the mean over its seeds; a comparison of two arms is the mean
+    over seeds of their paired difference on the same evaluation studies. Intervals come from one
+    bootstrap over seeds and studies together (`stats.seeds_and_studies`).
+    """
+
     study: Study
-    frame: pd.DataFrame  # one row per run (run, role, status, ablation's values, sec/epoch interval, extras)
+    frame: pd.DataFrame
     configs: list[DictConfig]
     auc_key: str  # "test/auc" or "val/auc"
+    n_bootstrap: int = 1000
+    _predictions: dict = field(default_factory=dict, repr=False)
 
-    def rows(self, role: str | None = None, ok: bool = True) -> list[pd.Series]:
-        return [r for _, r in self.frame.iterrows() if (role is None or r["role"] == role) and (not ok or r["status"] == "ok")]
+    @property
+    def split(self) -> str:
+        return "test" if self.auc_key.startswith("test") else "valid"
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({int(seed) for seed in self.frame["seed"]})
+
+    def runs(self, role: str | None = None) -> list[str]:
+        """Run names (arms) in the study's order, of `role` when given."""
+        return [run.name for run in self.study.runs if role is None or run.role == role]
+
+    def one(self, role: str) -> str | None:
+        runs = self.runs(role)
+        return runs[0] if runs else None
+
+    def rows(self, run: str | None = None, ok: bool = True) -> list[pd.Series]:
+        """The rows of `run` (every run when None), one per seed, finished ones only unless `ok=False`."""
+        rows = [r for _, r in self.frame.iterrows() if run is None or r["run"] == run]
+        return [r for r in rows if not ok or r["status"] == "ok"]
+
+    def ok(self, run: str | None) -> bool:
+        """Whether every seed of `run` finished."""
+        rows = self.rows(run, ok=False) if run is not None else []
+        return bool(rows) and all(r["status"] == "ok" for r in rows)
 
     def config(self, run: str) -> DictConfig:
-        return self.configs[[r.name for r in self.study.runs].index(run)]
+        return self.configs[[str(r) for r in self.frame["run"]].index(run)]
 
-    def auc(self, row: pd.Series | None) -> Interval:
-        if row is None:
+    def predictions(self, row: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+        """(ids, probs (N, K), labels (N, K) 0/1, names) of the row's best checkpoint on the report's split."""
+        key = (row["dir"], self.split)
+        if key not in self._predictions:
+            frame = pd.read_csv(Path(row["dir"]) / f"predictions-{self.split}.csv", dtype={"id": str})
+            names = [c.split("/", 1)[1] for c in frame.columns if c.startswith("prob/")]
+            probs = frame[[f"prob/{n}" for n in names]].to_numpy(float)
+            self._predictions[key] = (list(frame["id"]), probs, frame[[f"label/{n}" for n in names]].to_numpy(int), names)
+        return self._predictions[key]
+
+    def _auc_statistic(self, runs: Sequence[str]) -> tuple[Callable[[int, np.ndarray], np.ndarray], int, np.ndarray] | None:
+        """statistic(s, W) = AUC of runs[0] minus AUC of runs[1] (or the AUC of runs[0] alone) at seed s."""
+        if not all(self.ok(run) for run in runs):
+            return None
+        per_run = [sorted(self.rows(run), key=lambda r: int(r["seed"])) for run in runs]
+        n_seeds = min(len(rows) for rows in per_run)
+        loaded = [[self.predictions(row) for row in rows[:n_seeds]] for rows in per_run]
+        ids = sorted(set.intersection(*(set(p[0]) for arm in loaded for p in arm)))
+        if not ids:
+            return None
+        first = loaded[0][0]
+        kind = "multiclass" if self.config(runs[0]).data.format == "nifti" else "multilabel"
+        onehot = first[2][positions(first[0], ids)]
+        labels = onehot if kind == "multilabel" else onehot.argmax(axis=1)
+        aligned = [[p[1][positions(p[0], ids)] for p in arm] for arm in loaded]
+        names = first[3]
+
+        def statistic(s: int, weights: np.ndarray) -> np.ndarray:
+            values = [resampled_mean_auc(arm[s], labels, names, kind, weights) for arm in aligned]
+            return values[0] - values[1] if len(values) == 2 else values[0]
+
+        weights = study_resamples(labels, names, kind, self.n_bootstrap, np.random.default_rng(0))
+        return statistic, n_seeds, weights
+
+    def auc(self, run: str | None) -> Interval:
+        """The arm's AUC on the report's split: mean over seeds, with its interval."""
+        made = self._auc_statistic([run]) if run is not None else None
+        return NAN if made is None else seeds_and_studies(*made, np.random.default_rng(1))
+
+    def auc_diff(self, a: str | None, b: str | None) -> Interval:
+        """AUC of `a` minus AUC of `b`, paired by seed and study: mean over seeds, with its interval."""
+        made = self._auc_statistic([a, b]) if a is not None and b is not None else None
+        return NAN if made is None else seeds_and_studies(*made, np.random.default_rng(1))
+
+    def epoch_seconds(self, run: str) -> list[list[float]]:
+        """Seconds per training epoch, one list per seed."""
+        rows = sorted(self.rows(run), key=lambda r: int(r["seed"]))
+        return [
+            [json.loads(line)["sec/epoch"] for line in (Path(r["dir"]) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            for r in rows
+        ]
+
+    def seconds(self, run: str | None) -> Interval:
+        if run is None or not self.ok(run):
             return NAN
-        k = self.auc_key
-        return Interval(float(row[k]), float(row[f"{k}_ci_low"]), float(row[f"{k}_ci_high"]))
+        return seconds_interval(self.epoch_seconds(run), n_bootstrap=self.n_bootstrap)
 
-    @staticmethod
-    def seconds(row: pd.Series | None) -> Interval:
-        if row is None:
+    def seconds_diff(self, a: str | None, b: str | None) -> Interval:
+        if a is None or b is None or not (self.ok(a) and self.ok(b)):
             return NAN
-        return Interval(float(row["sec/epoch"]), float(row["sec/epoch_ci_low"]), float(row["sec/epoch_ci_high"]))
+        return seconds_interval(self.epoch_seconds(a), self.epoch_seconds(b), n_bootstrap=self.n_bootstrap)
 
-    def best(self, rows: list[pd.Series]) -> pd.Series | None:
-        """The row with the highest AUC (None when no row has one)."""
-        rows = [r for r in rows if math.isfinite(float(r[self.auc_key]))]
-        return max(rows, key=lambda r: float(r[self.auc_key])) if rows else None
+    def best(self, runs: Sequence[str]) -> str | None:
+        """The finished arm with the highest mean AUC over seeds (None when none has one)."""
+        means = {run: float(np.mean([float(r[self.auc_key]) for r in self.rows(run)])) for run in runs if self.ok(run)}
+        means = {run: value for run, value in means.items() if math.isfinite(value)}
+        return max(means, key=means.get) if means else None
 
-    def one(self, role: str) -> pd.Series | None:
-        """The first run of `role`, finished or not (a failed run's measures are missing: "not measured")."""
-        rows = self.rows(role, ok=False)
-        return rows[0] if rows else None
+    def compare_auc(self, claim: str, a: str | None, b: str | None, expect: str = "higher", note: str = "", b_label: str = "") -> Comparison:
+        return Comparison(claim, a or "", b_label or b or "", self.auc(a), self.auc(b), self.auc_diff(a, b), expect, "auc", note)
+
+    def compare_seconds(self, claim: str, a: str | None, b: str | None, expect: str = "lower", note: str = "") -> Comparison:
+        return Comparison(claim, a or "", b or "", self.seconds(a), self.seconds(b), self.seconds_diff(a, b), expect, "seconds", note)
 
 
 @dataclass
@@ -89,42 +182,21 @@ def pretrained_note(results: Results, roles: Sequence[str]) -> list[str]:
 
 def analyse_depth(results: Results, out_dir: Path) -> Analysis:
     """Kandel & Castelli 2020: the top blocks only against the whole network, and the time it takes."""
-    imagenet = results.rows("imagenet", ok=False)
-    full = next((r for r in imagenet if str(r["model.trainable_blocks"]) == "all"), None)
-    partial = results.best([r for r in imagenet if str(r["model.trainable_blocks"]) != "all" and r["status"] == "ok"])
+    imagenet = results.runs("imagenet")
+    full = next((run for run in imagenet if str(results.config(run).model.trainable_blocks) == "all"), None)
+    partial = results.best([run for run in imagenet if run != full])
     scratch = results.one("scratch")
-    label = lambda r: "best partial depth" if r is None else str(r["run"])
-    select = "the best partial depth is chosen on the same split, which favours it"
+    select = "the best partial depth is chosen by its mean AUC on the same split, which favours it"
     comparisons = [
-        Comparison(
+        results.compare_auc(
             "Tuning only the top blocks generalises as well as or better than tuning the whole network",
-            label(partial),
-            label(full),
-            results.auc(partial),
-            results.auc(full),
-            "higher",
-            "auc",
-            select,
+            partial,
+            full,
+            note=select,
+            b_label="" if partial else "best partial depth",
         ),
-        Comparison(
-            "Tuning only the top blocks saves training time",
-            label(partial),
-            label(full),
-            results.seconds(partial),
-            results.seconds(full),
-            "lower",
-            "seconds",
-            "sec/epoch, training only",
-        ),
-        Comparison(
-            "(context, not the paper's claim) ImageNet initialisation beats training from scratch",
-            label(full),
-            label(scratch),
-            results.auc(full),
-            results.auc(scratch),
-            "higher",
-            "auc",
-        ),
+        results.compare_seconds("Tuning only the top blocks saves training time", partial, full, note="sec/epoch, training only"),
+        results.compare_auc("(context, not the paper's claim) ImageNet initialisation beats training from scratch", full, scratch),
     ]
     figure = out_dir / "depth.png"
     plot_panels(results, figure, [("AUC", results.auc), ("sec/epoch", results.seconds)], results.study.title)
@@ -134,38 +206,16 @@ def analyse_depth(results: Results, out_dir: Path) -> Analysis:
 def analyse_modes(results: Results, out_dir: Path) -> Analysis:
     """Kim et al. 2022: a frozen ImageNet stem as feature extractor against fine-tuning it."""
     extractor, finetune, scratch = results.one("extractor"), results.one("finetune"), results.one("scratch")
-    label = lambda r: "" if r is None else str(r["run"])
     backbone = results.configs[0].model.backbone
     comparisons = [
-        Comparison(
+        results.compare_auc(
             "A feature extractor loses no accuracy against fine-tuning",
-            label(extractor),
-            label(finetune),
-            results.auc(extractor),
-            results.auc(finetune),
-            "higher",
-            "auc",
-            "'no loss' is shown only by a higher interval; overlapping ones neither show nor exclude a loss",
+            extractor,
+            finetune,
+            note="'no loss' is shown only by a difference above 0; an interval that holds 0 neither shows nor excludes a loss",
         ),
-        Comparison(
-            "A feature extractor saves compute",
-            label(extractor),
-            label(finetune),
-            results.seconds(extractor),
-            results.seconds(finetune),
-            "lower",
-            "seconds",
-            "sec/epoch, training only",
-        ),
-        Comparison(
-            "(context) fine-tuning from ImageNet beats training from scratch",
-            label(finetune),
-            label(scratch),
-            results.auc(finetune),
-            results.auc(scratch),
-            "higher",
-            "auc",
-        ),
+        results.compare_seconds("A feature extractor saves compute", extractor, finetune, note="sec/epoch, training only"),
+        results.compare_auc("(context) fine-tuning from ImageNet beats training from scratch", finetune, scratch),
     ]
     notes = pretrained_note(results, ["extractor", "finetune"])
     if not re.match(r"(resnet|inception)", backbone):
@@ -177,17 +227,11 @@ def analyse_modes(results: Results, out_dir: Path) -> Analysis:
 
 def analyse_stepwise(results: Results, out_dir: Path) -> Analysis:
     """Qu et al. 2018: ImageNet -> intermediate data -> target against ImageNet -> target."""
-    stepwise, direct = results.one("stepwise"), results.one("direct")
-    label = lambda r: "" if r is None else str(r["run"])
     comparisons = [
-        Comparison(
+        results.compare_auc(
             "Stepwise fine-tuning (ImageNet -> intermediate -> target) beats fine-tuning ImageNet weights on the target directly",
-            label(stepwise),
-            label(direct),
-            results.auc(stepwise),
-            results.auc(direct),
-            "higher",
-            "auc",
+            results.one("stepwise"),
+            results.one("direct"),
         ),
     ]
     notes = pretrained_note(results, ["intermediate", "direct"])
@@ -196,8 +240,9 @@ def analyse_stepwise(results: Results, out_dir: Path) -> Analysis:
             cfg = results.config(run.name)
             notes.append(
                 f"Intermediate run `{run.name}`: data.format={cfg.data.format}, data.root=`{cfg.data.root}`, tasks {list(cfg.data.tasks)}, "
-                f"modalities {list(cfg.data.modalities)}; its AUC in the table is on its own data. The stepwise run loads every "
-                "tensor whose name and shape match (a head of another size keeps its fresh initialisation)."
+                f"modalities {list(cfg.data.modalities)}; its AUC in the table is on its own data. The stepwise run of each seed starts "
+                "from the intermediate run of the same seed and loads every tensor whose name and shape match (a head of another "
+                "size keeps its fresh initialisation)."
             )
     figure = out_dir / "stepwise.png"
     plot_panels(results, figure, [("AUC", results.auc)], results.study.title)
@@ -207,46 +252,39 @@ def analyse_stepwise(results: Results, out_dir: Path) -> Analysis:
 def analyse_fusion(results: Results, out_dir: Path) -> Analysis:
     """TransMed (Dai, Gao & Liu 2021): transformer fusion against simpler fusion and single modalities."""
     transmed = results.one("transmed")
-    label = lambda r: "" if r is None else str(r["run"])
     comparisons = []
     for role, what in (
         ("late_fusion", "late fusion of the same stem"),
         ("mrnet", "MRNet (a CNN per modality, max over slices)"),
         ("cnn3d", "a 3D CNN"),
     ):
-        for other in results.rows(role, ok=False):
-            row = other if other["status"] == "ok" else None
-            comparisons.append(
-                Comparison(
-                    f"Transformer fusion beats {what}",
-                    label(transmed),
-                    str(other["run"]),
-                    results.auc(transmed),
-                    results.auc(row),
-                    "higher",
-                    "auc",
-                )
-            )
-    single = results.best(results.rows("single"))
+        for other in results.runs(role):
+            comparisons.append(results.compare_auc(f"Transformer fusion beats {what}", transmed, other))
+    single = results.best(results.runs("single"))
     comparisons.append(
-        Comparison(
+        results.compare_auc(
             "Fusing all modalities beats the best single modality",
-            label(transmed),
-            "best single modality" if single is None else str(single["run"]),
-            results.auc(transmed),
-            results.auc(single),
-            "higher",
-            "auc",
-            "the best single modality is chosen on the same split, which favours it",
+            transmed,
+            single,
+            note="the best single modality is chosen by its mean AUC on the same split, which favours it",
+            b_label="" if single else "best single modality",
         )
     )
+    notes = pretrained_note(results, ["transmed", "late_fusion", "mrnet", "single"])
+    bound = fusion_bound(results.configs[0])
+    if bound is not None:
+        notes.append(bound)
     figure = out_dir / "fusion.png"
     plot_panels(results, figure, [("AUC", results.auc), ("sec/epoch", results.seconds)], results.study.title)
-    return Analysis(
-        comparisons,
-        pretrained_note(results, ["transmed", "late_fusion", "mrnet", "single"]),
-        figures=[("AUC and seconds per epoch per model", figure)],
-    )
+    return Analysis(comparisons, notes, figures=[("AUC and seconds per epoch per model", figure)])
+
+
+def fusion_bound(cfg: DictConfig) -> str | None:
+    """The synthetic generator's statement of the best AUC one modality can reach, where the data has one."""
+    path = Path(str(cfg.data.root)) / "fusion_bound.json"
+    if not path.is_file():
+        return None
+    return f"The data's single-modality bound (`{path}`, written by its generator): `{path.read_text().strip()}`"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,41 +308,19 @@ def _errorbars(ax, labels: list[str], intervals: list[Interval], xlabel: str, xl
 
 
 def plot_panels(results: Results, path: Path, panels: list[tuple[str, Callable]], title: str) -> None:
-    """One panel per measure (AUC, seconds per epoch): a point per run with its 95% interval."""
+    """One panel per measure (AUC, seconds per epoch): a point per run (mean over seeds) with its 95% interval."""
     from matplotlib.figure import Figure
 
-    rows = results.rows(ok=False)
-    labels = [str(r["run"]) for r in rows]
-    fig = Figure(figsize=(4.5 * len(panels), 1.4 + 0.4 * len(rows)))
+    labels = results.runs()
+    fig = Figure(figsize=(4.5 * len(panels), 1.4 + 0.4 * len(labels)))
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    seeds = len(results.seeds)
     for ax, (name, measure) in zip(axes, panels):
-        intervals = [measure(r) if r["status"] == "ok" else NAN for r in rows]
-        split = results.auc_key.split("/")[0]
-        _errorbars(
-            ax,
-            labels,
-            intervals,
-            f"{split} {name} (95% interval)" if name == "AUC" else f"{name} (95% t-interval)",
-            (0, 1.02) if name == "AUC" else None,
-        )
+        intervals = [measure(run) for run in labels]
+        xlabel = f"{results.split} {name}" if name == "AUC" else name
+        _errorbars(ax, labels, intervals, f"{xlabel}, mean over {seeds} seed(s) (95% interval)", (0, 1.02) if name == "AUC" else None)
         if name == "AUC":
             ax.axvline(0.5, color="grey", lw=0.5, ls="--")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-
-
-def plot_fooling(results: Results, path: Path, rate: Callable) -> None:
-    from matplotlib.figure import Figure
-
-    labels, intervals = [], []
-    for row in results.rows(ok=False):
-        for name, what in (("fooling/train", "training UAP"), ("fooling/natural", "natural UAP"), ("random/natural", "random")):
-            labels.append(f"{row['run']}: {what}")
-            intervals.append(rate(row, name))
-    fig = Figure(figsize=(6, 1.4 + 0.35 * len(labels)))
-    ax = fig.subplots()
-    _errorbars(ax, labels, intervals, "fooling rate (95% Wilson interval)", (0, 1.02))
-    ax.set_title(results.study.title)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")

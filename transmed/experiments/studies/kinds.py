@@ -17,7 +17,7 @@ from ...config import find_config, load_config
 from ...core.errors import ConfigError
 from ..ablation import format_value
 from .analysis import Analysis, Results, analyse_depth, analyse_fusion, analyse_modes, analyse_stepwise
-from .spec import FILE_KEYS, QUICK_KEYS, RUN_KEYS, RUN_REF, Study, StudyRun, expand_run, split_scoped
+from .spec import FILE_KEYS, QUICK_KEYS, RUN_KEYS, RUN_REF, SEEDS_FULL, SEEDS_QUICK, Study, StudyRun, expand_run, split_scoped
 from .uap import UAP_SETTINGS, analyse_uap, measure_uap
 
 
@@ -50,9 +50,14 @@ def _override_list(value: Any, where: str) -> list[str]:
 
 
 def load_study(
-    path: str | Path, overrides: Sequence[str] = (), base: str | None = None, group: str | None = None, quick: bool = False
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    base: str | None = None,
+    group: str | None = None,
+    quick: bool = False,
+    seeds: int | list[int] | None = None,
 ) -> Study:
-    """Reads and expands a study file (a typo fails here, before anything trains)."""
+    """Reads and expands a study file (a typo fails here, before anything trains); `seeds` replaces the file's."""
     try:
         path = find_config(path)
     except ConfigError:
@@ -106,7 +111,11 @@ def load_study(
     all_overrides = [*file_overrides, *plain]
     # the base config as the runs see it (a run name, so train.resume=auto validates; nothing is written)
     base_cfg = lambda extra: load_config(base, [*all_overrides, *extra, f"run_name={group}/base"])
-    output_dir = base_cfg([]).output_dir
+    base_seen = base_cfg([])
+    if seeds is not None:
+        seeds = study_seeds(path, seeds, None, False, int(base_seen.seed))
+    else:
+        seeds = study_seeds(path, spec.get("seeds"), quick_spec.get("seeds") if quick else None, quick, int(base_seen.seed))
 
     runs: list[StudyRun] = []
     per_run: dict[str, list[str]] = {}
@@ -121,7 +130,6 @@ def load_study(
                     ref = value[len(RUN_REF) :]
                     if not any(run.name == ref for run in runs):
                         raise ConfigError(f"study file {path}: run '{name}': {key}: {value}: no earlier run is named '{ref}'")
-                    values[key] = str(Path(output_dir) / group / ref / "checkpoints" / "best.pt")
             runs.append(StudyRun(name, str(entry["role"]), values, shown))
             per_run[name] = own  # expanded runs keep their entry's
     missing = [role for role in analysis.required if not any(run.role == role for run in runs)]
@@ -140,4 +148,21 @@ def load_study(
         runs,
         quick,
         per_run,
+        seeds,
+        str(base_seen.output_dir),
     )
+
+
+def study_seeds(path: Path, full: Any, quick_value: Any, quick: bool, base_seed: int) -> list[int]:
+    """The training seeds: a count N (the base config's seed and the N - 1 after it) or a list; by default
+    3 seeds in a full run and 1 with --quick (`quick.seeds` replaces the file's `seeds` under --quick)."""
+    value = quick_value if quick and quick_value is not None else (SEEDS_QUICK if quick else full if full is not None else SEEDS_FULL)
+    if isinstance(value, bool) or not (
+        (isinstance(value, int) and value >= 1)
+        or (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+    ):
+        raise ConfigError(f"study file {path}: 'seeds' must be a count >= 1 or a non-empty list of integers, got {value!r}")
+    seeds = list(range(base_seed, base_seed + value)) if isinstance(value, int) else list(value)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"study file {path}: 'seeds' repeats a seed: {seeds}")
+    return seeds

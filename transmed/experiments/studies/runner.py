@@ -3,7 +3,6 @@ measured table and each claim next to what was measured, and the W&B report run.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,12 +19,7 @@ from ..ablation import Ablation, attempt, format_value, train_and_measure, write
 from .analysis import Analysis, Results
 from .kinds import KINDS, load_study
 from .spec import study_configs
-from .stats import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Interval, mean_interval
-
-
-def seconds_interval(run_dir: Path) -> Interval:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return mean_interval([json.loads(line)["sec/epoch"] for line in lines if line.strip()])
+from .stats import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED
 
 
 def auc_key(frame: pd.DataFrame) -> str:
@@ -41,78 +35,110 @@ def run_study(
     group: str | None = None,
     quick: bool = False,
     n_bootstrap: int = 1000,
+    seeds: int | list[int] | None = None,
 ) -> tuple[Path, pd.DataFrame]:
-    """Trains (and for uap, attacks) every run of the study file, then writes the comparison and
-    `report.md`; returns the study folder and the per-run table."""
-    study = load_study(path, overrides, base, group, quick)
+    """Trains (and for uap, attacks) every run of the study file once per seed, then writes the
+    comparison and `report.md`; returns the study folder and the per-run, per-seed table."""
+    study = load_study(path, overrides, base, group, quick, seeds)
     kind = KINDS[study.kind]
     configs = study_configs(study)
-    out_dir = Path(configs[0].output_dir) / study.group
+    out_dir = Path(study.output_dir) / study.group
     rows = []
-    for i, (run, cfg) in enumerate(progress(list(zip(study.runs, configs)), desc=f"study {study.group}", unit="run"), start=1):
-        print(f"[{i}/{len(configs)}] {cfg.run_name} ({run.role})", flush=True)
-        row: dict[str, Any] = {"run": run.name, "role": run.role, **{key: format_value(OmegaConf.select(cfg, key)) for key in study.keys}}
-        row.update(train_and_measure(cfg, n_bootstrap))
+    for i, (run, seed, cfg) in enumerate(progress(configs, desc=f"study {study.group}", unit="run"), start=1):
+        print(f"[{i}/{len(configs)}] {cfg.run_name} ({run.role}, seed {seed})", flush=True)
         run_dir = Path(cfg.output_dir) / cfg.run_name
-        if row["status"] == "ok":
-            seconds = seconds_interval(run_dir)
-            row.update({"sec/epoch_ci_low": seconds.low, "sec/epoch_ci_high": seconds.high})
-            if kind.measure is not None:
-                extra = attempt(lambda run_dir=run_dir, cfg=cfg: kind.measure(run_dir, cfg, study, out_dir))
-                if extra["status"] == "ok":
-                    row.update({k: v for k, v in extra.items() if k != "status"})
-                else:
-                    row["status"] = extra["status"].replace("failed:", "measurement failed:", 1)
+        row: dict[str, Any] = {"run": run.name, "role": run.role, "seed": seed, "dir": str(run_dir)}
+        row.update({key: format_value(OmegaConf.select(cfg, key)) for key in study.keys})
+        row.update(train_and_measure(cfg, n_bootstrap))
+        if row["status"] == "ok" and kind.measure is not None:
+            extra = attempt(lambda run_dir=run_dir, cfg=cfg: kind.measure(run_dir, cfg, study, out_dir))
+            if extra["status"] == "ok":
+                row.update({k: v for k, v in extra.items() if k != "status"})
+            else:
+                row["status"] = extra["status"].replace("failed:", "measurement failed:", 1)
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for column in ("sec/epoch_ci_low", "sec/epoch_ci_high", "test/auc", "test/auc_ci_low", "test/auc_ci_high"):
+    for column in ("test/auc", "test/auc_ci_low", "test/auc_ci_high"):
         if column not in frame:
             frame[column] = np.nan
-    ablation = Ablation(study.base, study.group, [run.values for run in study.runs])
-    write_comparison(frame, ablation, study.overrides, out_dir)
-    results = Results(study, frame, configs, auc_key(frame))
+    ablation = Ablation(study.base, study.group, [{**run.values, "seed": seed} for run, seed, _ in configs])
+    write_comparison(frame.assign(run=[f"{r} seed-{s}" for r, s in zip(frame["run"], frame["seed"])]), ablation, study.overrides, out_dir)
+    results = Results(study, frame, [cfg for _, _, cfg in configs], auc_key(frame), n_bootstrap)
     analysis = kind.analyse(results, out_dir)
     write_report(results, analysis, out_dir)
     log_study(results, analysis, out_dir)
     return out_dir, frame
 
 
+def shown_value(key: str, value: str) -> str:
+    if key == "model.init_from" and value.startswith("run:"):
+        return f"run {value[4:]}"  # the study's own run, at the same seed
+    if key == "model.pretrained" and "/" in value:
+        return Path(value).name  # a weights file
+    return value
+
+
 def measured_table(results: Results) -> str:
+    """One row per run: its values and the mean over seeds of AUC and seconds per epoch, with intervals."""
     study = results.study
+    rows = []
+    for run in study.runs:
+        ok = results.ok(run.name)
+        row = {"run": run.name, "role": run.role, **{key: shown_value(key, format_value(run.values.get(key, ""))) for key in study.keys}}
+        row[f"{results.split} AUC [95% CI]"] = results.auc(run.name).text() if ok else ""
+        row["sec/epoch [95% CI]"] = results.seconds(run.name).text(".2f") if ok else ""
+        statuses = [str(r["status"]) for r in results.rows(run.name, ok=False)]
+        row["seeds ok"] = f"{sum(s == 'ok' for s in statuses)}/{len(statuses)}"
+        rows.append(row)
+    return markdown_table(rows)
+
+
+def per_seed_table(results: Results) -> str:
     rows = []
     for _, r in results.frame.iterrows():
         ok = r["status"] == "ok"
-        row = {"run": r["run"], "role": r["role"]}
-        for key in study.keys:
-            value = str(r[key])
-            if key == "model.init_from" and value.endswith("checkpoints/best.pt"):
-                value = f"run {Path(value).parent.parent.name}"  # the study's own run
-            elif key == "model.pretrained" and "/" in value:
-                value = Path(value).name  # a weights file
-            row[key] = value
-        row[f"{results.auc_key} [95% CI]"] = results.auc(r).text() if ok else ""
-        row["trainable params"] = f"{int(r['params/trainable']):,}" if ok else ""
-        row["sec/epoch [95% CI]"] = results.seconds(r).text(".2f") if ok else ""
-        row["best epoch"] = str(int(r["best_epoch"])) if ok else ""
-        row["status"] = r["status"]
-        rows.append(row)
+        key = results.auc_key
+        rows.append(
+            {
+                "run": r["run"],
+                "seed": str(int(r["seed"])),
+                f"{results.split} AUC [95% CI over studies]": f"{r[key]:.3f} [{r[f'{key}_ci_low']:.3f}, {r[f'{key}_ci_high']:.3f}]" if ok else "",
+                "valid AUC (chose the epoch)": f"{r['val/auc']:.3f}" if ok else "",
+                "best epoch": str(int(r["best_epoch"])) if ok else "",
+                "trainable params": f"{int(r['params/trainable']):,}" if ok else "",
+                "sec/epoch": f"{r['sec/epoch']:.2f}" if ok else "",
+                "status": r["status"],
+            }
+        )
     return markdown_table(rows)
 
 
 def write_report(results: Results, analysis: Analysis, out_dir: Path) -> Path:
     study = results.study
-    split = results.auc_key.split("/")[0]
+    seeds = results.seeds
     split_note = (
-        "AUC on the test split (the runs never saw it), mean over tasks, with a 95% bootstrap interval."
-        if split == "test"
-        else "AUC on valid, which also chose each run's best epoch (optimistic, alike for every run; "
-        "give the data a test split, e.g. data.val_fraction=0.25 for the MRNet layout), with a 95% bootstrap interval."
+        "AUC on the test split, which took no part in choosing any run's epoch (valid chose it), mean over tasks (or macro "
+        "over classes)."
+        if results.split == "test"
+        else "**Warning**: AUC on valid, which also chose each run's best epoch (optimistic, alike for every run); give the data "
+        "a test split (e.g. data.val_fraction=0.2 for the MRNet layout, or `split` rows in labels.csv)."
+    )
+    seed_note = (
+        f"Every run trained once per seed ({', '.join(map(str, seeds))}); an arm is the mean over its seeds, and each verdict "
+        "follows the paired difference of the two arms (per seed, on the same evaluation studies), with a 95% interval from "
+        "one bootstrap that resamples seeds and studies together. A verdict states a direction only when that interval "
+        "excludes 0; otherwise it is inconclusive (a difference is neither shown nor excluded)."
+        if len(seeds) > 1
+        else f"Every run trained once (seed {seeds[0]}): the intervals cover the evaluation studies, not the training noise, so "
+        "a verdict describes one draw of training; run the full study (3 seeds) before drawing a conclusion. A verdict states "
+        "a direction only when the paired difference's 95% interval excludes 0."
     )
     verdicts = [c.verdict for c in analysis.comparisons]
     lines = [
         f"# {study.title}",
         "",
-        f"Study `{study.kind}` from `{study.path}`, group `{study.group}`" + (" (quick settings)" if study.quick else "") + ".",
+        f"Study `{study.kind}` from `{study.path}`, group `{study.group}`" + (" (quick settings)" if study.quick else "")
+        + f", {len(seeds)} seed(s).",
         f"Base config `{study.base}`" + (f"; overrides `{' '.join(study.overrides)}`" if study.overrides else "") + ".",
         "",
         f"**Paper**: {study.paper}" if study.paper else "",
@@ -121,13 +147,16 @@ def write_report(results: Results, analysis: Analysis, out_dir: Path) -> Path:
         "",
         "## Claim vs measured",
         "",
-        markdown_table([c.row() for c in analysis.comparisons], columns=["claim", "compared", "measured", "difference", "verdict", "note"]),
+        f"Measured on the {results.split} split" + (", which did not choose the epoch." if results.split == "test" else ", which also chose the epoch."),
+        "",
+        markdown_table(
+            [c.row() for c in analysis.comparisons], columns=["claim", "compared", "measured", "difference [95% CI]", "verdict", "note"]
+        ),
         "",
         (
             f"Verdicts: {sum(v == HOLDS for v in verdicts)} hold, {sum(v == FAILS for v in verdicts)} do not hold, "
             f"{sum(v.startswith(INCONCLUSIVE) for v in verdicts)} inconclusive, {sum(v == NOT_MEASURED for v in verdicts)} not measured. "
-            "A verdict compares the two 95% intervals: it states a direction only when they are apart; where they overlap "
-            "it is inconclusive (a difference is neither shown nor excluded)."
+            + seed_note
         ),
         "",
         *[f"- {note}" for note in analysis.notes],
@@ -137,14 +166,18 @@ def write_report(results: Results, analysis: Analysis, out_dir: Path) -> Path:
         measured_table(results),
         "",
         (
-            f"{split_note} Seconds per epoch: training only, mean over epochs with a 95% t-interval; they depend on what "
-            "else the machine runs, so compare them from one otherwise idle machine."
+            f"{split_note} Seconds per epoch: training only; they depend on what else the machine runs, so compare them from one "
+            "otherwise idle machine."
         ),
+        "",
+        "## Per seed",
+        "",
+        per_seed_table(results),
         "",
     ]
     for heading, table in analysis.tables:
         lines += [f"## {heading}", "", table, ""]
-    for caption, figure in [*analysis.figures, ("AUC per run (`transmed ablate`'s plot)", out_dir / "comparison.png")]:
+    for caption, figure in [*analysis.figures, ("AUC per run and seed (`transmed ablate`'s plot)", out_dir / "comparison.png")]:
         lines += [f"![{caption}]({figure.name})", ""]
     text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
     path = out_dir / "report.md"
@@ -179,6 +212,7 @@ def log_study(results: Results, analysis: Analysis, out_dir: Path) -> None:
             "base": study.base,
             "overrides": study.overrides,
             "quick": study.quick,
+            "seeds": study.seeds,
             "settings": study.settings,
         },
     )

@@ -14,9 +14,10 @@ from ...config import load_config
 from ...core.errors import ConfigError
 from ..ablation import format_value
 
-FILE_KEYS = ("study", "title", "paper", "claim", "base", "group", "overrides", "quick", "settings", "runs")
+FILE_KEYS = ("study", "title", "paper", "claim", "base", "group", "seeds", "overrides", "quick", "settings", "runs")
 RUN_KEYS = ("name", "role", "set")
-QUICK_KEYS = ("overrides", "settings")
+QUICK_KEYS = ("seeds", "overrides", "settings")
+SEEDS_FULL, SEEDS_QUICK = 3, 1  # training seeds per run, when the file does not say
 EACH = "each"
 RUN_REF = "run:"
 
@@ -25,7 +26,7 @@ RUN_REF = "run:"
 class StudyRun:
     name: str
     role: str
-    values: dict[str, Any]  # key -> value, `each` expanded, `run:NAME` resolved to a checkpoint path
+    values: dict[str, Any]  # key -> value, `each` expanded (`run:NAME` is resolved per seed by `study_configs`)
     shown: dict[str, str] = field(default_factory=dict)  # key -> value as the file wrote it (`run:NAME`), for tags
 
 
@@ -43,6 +44,8 @@ class Study:
     runs: list[StudyRun]
     quick: bool = False
     scoped: dict[str, list[str]] = field(default_factory=dict)  # run name -> its own overrides (NAME:key=value)
+    seeds: list[int] = field(default_factory=lambda: [42])  # every run trains once per seed
+    output_dir: str = "runs"
 
     @property
     def keys(self) -> list[str]:
@@ -101,14 +104,29 @@ def expand_run(entry: dict, base_cfg: Callable[[list[str]], DictConfig]) -> list
     return runs
 
 
-def study_configs(study: Study) -> list[DictConfig]:
-    """One validated config per run: base <- overrides <- the run's `set` <- its `NAME:key=value` overrides."""
+def run_dir_name(study: Study, run: str, seed: int) -> str:
+    """`{group}/{run}/seed-{seed}`: the run name (under `output_dir`) of one run at one seed."""
+    return f"{study.group}/{run}/seed-{seed}"
+
+
+def resolve(study: Study, value: Any, seed: int) -> Any:
+    """`run:NAME` -> the best checkpoint of the study's run NAME at the same seed; other values as they are."""
+    if isinstance(value, str) and value.startswith(RUN_REF):
+        return str(Path(study.output_dir) / run_dir_name(study, value[len(RUN_REF) :], seed) / "checkpoints" / "best.pt")
+    return value
+
+
+def study_configs(study: Study) -> list[tuple[StudyRun, int, DictConfig]]:
+    """One validated config per run and seed (runs in order, each run's seeds together): base <- overrides
+    <- the run's `set` <- its `NAME:key=value` overrides <- `seed`."""
     configs = []
     for run in study.runs:
-        values = [f"{key}={format_value(value)}" for key, value in run.values.items()]
-        cfg = load_config(study.base, [*study.overrides, *values, *study.scoped.get(run.name, []), f"run_name={study.group}/{run.name}"])
-        cfg.wandb.group = study.group
-        tags = [f"study={study.kind}", f"role={run.role}", *(f"{key}={value}" for key, value in run.shown.items())]
-        cfg.wandb.tags = [*cfg.wandb.tags, *tags]  # the W&B run gets them cut to 64 characters (`engine.logger.wandb_tags`)
-        configs.append(cfg)
+        for seed in study.seeds:
+            values = [f"{key}={format_value(resolve(study, value, seed))}" for key, value in run.values.items()]
+            scoped = study.scoped.get(run.name, [])
+            cfg = load_config(study.base, [*study.overrides, *values, *scoped, f"seed={seed}", f"run_name={run_dir_name(study, run.name, seed)}"])
+            cfg.wandb.group = study.group
+            tags = [f"study={study.kind}", f"role={run.role}", f"seed={seed}", *(f"{key}={value}" for key, value in run.shown.items())]
+            cfg.wandb.tags = [*cfg.wandb.tags, *tags]  # the W&B run gets them cut to 64 characters (`engine.logger.wandb_tags`)
+            configs.append((run, seed, cfg))
     return configs
