@@ -24,7 +24,7 @@ UAP = {
     "fooling_rate": 0.25,
     "random_fooling_rate": 0.0833,
     "auc": {"clean": 0.61, "uap": 0.42, "random": 0.6},
-    "settings": {"norm": "linf", "zeta": 0.02, "split": "valid", "n_eval": 12},
+    "settings": {"norm": "linf", "zeta": 0.02, "achieved_zeta": [0.0125, 0.01], "split": "valid", "n_eval": 12, "crafting_rate": 0.5},
 }
 
 
@@ -87,7 +87,7 @@ def test_card_has_data_splits_robustness_and_intended_use(evaluation, mrnet_root
         assert len(labels) == n
         row = f"| {split} | {n} | " + " | ".join(f"{100 * p:.1f}%" for p in labels.mean(axis=0)) + " |"
         assert row in text
-    assert "| uap-linf-zeta0.02 | linf | 0.02 | valid | 12 | 0.250 | 0.083 | 0.610 | 0.420 | 0.600 |" in text
+    assert "| uap-linf-zeta0.02 | linf | 0.02 | 0.0125 | valid | 12 | 0.500 | 0.250 | 0.083 | 0.610 | 0.420 | 0.600 |" in text
     assert "not for diagnosis" in text and "## Limitations" in text and "## Intended use" in text
     assert "test_resnet" in text and "parameters" in text and "random initialisation" in text
 
