@@ -233,3 +233,9 @@ def test_project_uap_fools_at_least_0_8_times_as_often_as_art_at_equal_norm(tmp_
     ours_rate = R.success_rate(clean, R.predict_with(model, spec, evaluation, ours.perturbation), spec)
     art_rate = R.success_rate(clean, R.predict_with(model, spec, evaluation, art_rho), spec)
     assert ours_rate >= 0.8 * art_rate, (ours_rate, art_rate, float(ours.norms[0]), art_norm, radius, ours.passes, ours.crafting_rate)
+
+
+def test_the_command_spells_the_norms_as_the_library_does():
+    from transmed.commands import robustness
+
+    assert robustness.NORMS == R.NORMS

@@ -36,7 +36,7 @@ except ConfigError:
     pass
 typo = ["--config", "configs/demo.yaml", "train.lrr=1"]
 for argv in (["--help"], ["train", *typo], ["cv", *typo], ["inspect", "--out", "unused", *typo],
-             *[[name, "--help"] for name in ("train", "evaluate", "cv", "inspect", "compare", "explain", "synthetic")]):
+             *[[name, "--help"] for name in ("train", "evaluate", "cv", "inspect", "compare", "explain", "synthetic", "study", "robustness")]):
     try:
         main(argv)
     except SystemExit:

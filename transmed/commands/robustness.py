@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..evaluation.adversarial import NORMS, run_robustness
 from ._common import add_overrides, parser_for
+
+NORMS = ("l2", "linf")  # evaluation.adversarial.NORMS, spelled here so --help imports no torch (tests/test_startup.py)
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> None:
@@ -39,6 +40,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> No
     args = parser.parse_intermixed_args(argv)
     if args.zeta <= 0:
         parser.error("--zeta must be positive")
+    from ..evaluation.adversarial import run_robustness
+
     out = run_robustness(
         args.checkpoint,
         zeta=args.zeta,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..experiments.studies import run_study
 from ._common import add_bootstrap, add_overrides, bootstrap_count, fail, parser_for
 
 
@@ -39,6 +38,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
             seeds = [int(v) for v in args.seeds.split(",")] if "," in args.seeds else int(args.seeds)
         except ValueError:
             parser.error(f"--seeds: expected a count or a comma-separated list of integers, got {args.seeds!r}")
+    from ..experiments.studies import run_study  # the library after the arguments: --help starts fast
+
     out_dir, frame = run_study(args.file, args.overrides, args.base, args.group, args.quick, bootstrap_count(args.bootstrap), seeds)
     print((out_dir / "report.md").read_text())
     failed = int((frame["status"] != "ok").sum())
