@@ -105,6 +105,9 @@ class TrainConfig:
     checkpoint_stem: bool = False  # activation checkpointing of the stem
     accumulate: int = 1  # gradient accumulation steps
     class_weights: bool = True  # pos_weight (multilabel) / inverse-frequency class weights; false: calibrated probabilities
+    # temperature scaling fitted on the validation split at the end of training (one per task, or one for all
+    # classes), stored in the checkpoints' label spec and used by evaluate, predict and every export; false: T = 1
+    calibrate: bool = True
 
 
 @dataclass

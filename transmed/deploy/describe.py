@@ -24,8 +24,8 @@ PREPROCESSING_KEYS = {
     "data": ("format", "modalities", "image_size", "num_slices", "cache_dtype", "spacing", "slice_axis"),
     "model": ("slice_mode", "slice_window"),
 }
-JSON_FIELDS = ("label_names", "modalities", "preprocessing")  # stored as JSON text in ONNX metadata_props
-NUMBER_FIELDS = {"image_size": int, "min_slices": int, "temperature": float}
+JSON_FIELDS = ("label_names", "modalities", "preprocessing", "temperature")  # stored as JSON text in ONNX metadata_props
+NUMBER_FIELDS = {"image_size": int, "min_slices": int}
 
 
 def preprocessing_description(cfg: DictConfig) -> dict:
@@ -62,14 +62,15 @@ def preprocessing_description(cfg: DictConfig) -> dict:
 def describe(cfg: DictConfig, spec: LabelSpec, epoch: Optional[int] = None) -> dict:
     """Everything a user of an exported model needs besides the graph."""
     activation = "sigmoid per task" if spec.kind == "multilabel" else "softmax over the classes"
+    scaled = "fitted on the validation split at the end of training" if spec.temperature is not None else "1: not calibrated"
     return {
         "label_names": list(spec.names),
         "task": spec.kind,
         "modalities": list(cfg.data.modalities),
         "image_size": int(cfg.data.image_size),
         "min_slices": min_slices_for(cfg.model.slice_mode, cfg.model.slice_window),
-        "temperature": 1.0,  # no calibration yet; probabilities are always activation(logits / temperature)
-        "probabilities": f"{activation} of logits / temperature",
+        "temperature": temperature_of(spec),
+        "probabilities": f"{activation} of logits / temperature (temperature scaling: {scaled})",
         "preprocessing": preprocessing_description(cfg),
         "epoch": "" if epoch is None else str(epoch),
     }
@@ -101,8 +102,20 @@ def config_from_description(description: Mapping, overrides: Sequence[str] = ())
     return load_config(base=description["preprocessing"]["config"], overrides=overrides)
 
 
+def temperature_of(spec: LabelSpec) -> list[float] | float:
+    """What an export carries: one temperature per task (multilabel) or one for all classes (multiclass); 1 when uncalibrated."""
+    values = spec.temperature or (1.0,) * (spec.num_outputs if spec.kind == "multilabel" else 1)
+    return list(values) if spec.kind == "multilabel" else values[0]
+
+
 def label_spec_of(description: Mapping) -> LabelSpec:
-    return LabelSpec(description["task"], tuple(description["label_names"]))
+    """The label spec of a description, its temperature included (a single number: the same for every output)."""
+    names, temperature = tuple(description["label_names"]), description["temperature"]
+    if isinstance(temperature, (int, float)):
+        temperature = [temperature] * (len(names) if description["task"] == "multilabel" else 1)
+    if not isinstance(temperature, list) or not all(isinstance(t, (int, float)) for t in temperature):
+        raise CheckpointError(f"metadata temperature {temperature!r} is neither a number nor a list of numbers")
+    return LabelSpec(description["task"], names, tuple(temperature))
 
 
 def _plain(value):

@@ -27,13 +27,15 @@ def is_onnx(path: str | Path) -> bool:
 
 
 class OnnxModel(nn.Module):
-    """`forward(x, mask) -> logits / temperature` through ONNX Runtime on the CPU; refuses fewer than `min_slices` slices."""
+    """`forward(x, mask) -> logits` through ONNX Runtime on the CPU; refuses fewer than `min_slices` slices.
 
-    def __init__(self, path: Path, min_slices: int, temperature: float) -> None:
+    The temperature of the metadata is in the label spec `load_onnx` returns, which turns logits into probabilities."""
+
+    def __init__(self, path: Path, min_slices: int) -> None:
         super().__init__()
         import onnxruntime as ort
 
-        self.path, self.min_slices, self.temperature = path, min_slices, temperature
+        self.path, self.min_slices = path, min_slices
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
@@ -42,7 +44,7 @@ class OnnxModel(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         require_slices(x, self.min_slices, f"the input of {self.path.name}")
         feed = {"x": x.detach().cpu().numpy().astype(np.float32), "mask": mask.detach().cpu().numpy().astype(bool)}
-        return torch.from_numpy(self.session.run(["logits"], feed)[0]) / self.temperature
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])
 
 
 def load_onnx(path: str | Path, overrides: Sequence[str] = ()) -> tuple[OnnxModel, DictConfig, LabelSpec]:
@@ -61,4 +63,8 @@ def load_onnx(path: str | Path, overrides: Sequence[str] = ()) -> tuple[OnnxMode
         raise CheckpointError(f"{path} is not a readable ONNX file: {str(err).strip().splitlines()[0]}") from None
     description = read_onnx_description({p.key: p.value for p in proto.metadata_props}, str(path))
     cfg = config_from_description(description, ["train.device=cpu", *overrides])
-    return OnnxModel(path, description["min_slices"], description["temperature"]), cfg, label_spec_of(description)
+    try:
+        spec = label_spec_of(description)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return OnnxModel(path, description["min_slices"]), cfg, spec

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,12 +24,14 @@ from ..config import resolve_backbone_lr_mult, to_dict
 from ..core.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from ..core.device import resolve_device
 from ..core.errors import CheckpointError, NonFiniteLossError, RunDirError, RunExistsError
+from ..core.labels import LabelSpec
 from ..core.progress import progress
 from ..data import build_dataset, build_loader, label_spec, read_manifest, report_skipped
 from ..data.augment import training_augment
 from ..data.collate import to_device
 from ..models import build_model
 from ..models.finetune import drop_modalities_at_random, train_mode
+from .calibration import fit_temperature
 from .distributed import DistInfo, barrier, cleanup, device_for, gather_predictions, init_distributed, mean_over_ranks, sync_buffers
 from .inference import predict, split_loss, targets
 from .logger import RunLogger
@@ -321,7 +325,46 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             save_checkpoint(run_dir / "checkpoints" / "best.pt", **checkpoint_content(epoch, last))
         save_checkpoint(run_dir / "checkpoints" / "last.pt", **checkpoint_content(epoch, last))
         logger.write_summary({"best": best, "last": last, "params": params})
+    barrier(dist_info)  # every rank reads the checkpoints rank 0 wrote
+    calibration = calibrate_checkpoints(model, cfg, spec, val_loader, device, dist_info, run_dir / "checkpoints")
     if logger is not None:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        logger.write_summary({**summary, "calibration": calibration})
         logger.finish()
     barrier(dist_info)
     return run_dir
+
+
+def calibrate_checkpoints(
+    model: nn.Module, cfg: DictConfig, spec: LabelSpec, val_loader, device: torch.device, dist_info: DistInfo, folder: Path
+) -> dict:
+    """`train.calibrate`: temperature scaling of best.pt, then last.pt, each fitted on the validation split with
+    that checkpoint's own model (`engine.calibration.fit_temperature`) and written into its label spec.
+
+    Every rank predicts its shard (the predictions are gathered, as for the per-epoch AUC); rank 0
+    fits and rewrites the files. `model` is left with a checkpoint's weights. Returns summary.json's
+    `calibration`: whether it ran, and for best.pt the temperature, validation NLL and ECE before and
+    after. `train.calibrate=false` leaves the checkpoints uncalibrated (T = 1).
+    """
+    ones = [1.0] * (spec.num_outputs if spec.kind == "multilabel" else 1)
+    if not cfg.train.calibrate:
+        return {"enabled": False, "temperature": ones}
+    fitted: dict[int, tuple[tuple[float, ...], dict]] = {}  # epoch -> temperature and report: last.pt may be best.pt's epoch
+    best_report = {"temperature": ones}
+    for name in ("best.pt", "last.pt"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        state = load_checkpoint(path)
+        if state["epoch"] not in fitted:
+            model.load_state_dict(state["model"])
+            val = gather_predictions(predict(model, val_loader, spec, device, cfg.train.amp, desc=f"calibrate {name}"), dist_info)
+            fitted[state["epoch"]] = fit_temperature(val.logits, val.labels, spec)
+        temperature, report = fitted[state["epoch"]]
+        if dist_info.is_main:
+            state["label_spec"] = replace(LabelSpec.from_dict(state["label_spec"]), temperature=temperature).to_dict()
+            save_checkpoint(path, **{key: value for key, value in state.items() if key != "format"})
+        if name == "best.pt":
+            best_report = report
+    barrier(dist_info)
+    return {"enabled": True, "checkpoint": "best.pt", **best_report}

@@ -46,6 +46,11 @@ def predict_split(model: torch.nn.Module, cfg: DictConfig, spec: LabelSpec, spli
     return preds
 
 
+def uncalibrated(preds: Predictions, spec: LabelSpec) -> np.ndarray:
+    """The probabilities before temperature scaling (`preds.probs` when the model has none)."""
+    return spec.probabilities(torch.from_numpy(preds.logits), calibrated=False).numpy()
+
+
 def predictions_frame(preds: Predictions, spec: LabelSpec) -> pd.DataFrame:
     """`id`, `prob/<name>` and `label/<name>` (0/1; one-hot for multi-class) per study."""
     frame = pd.DataFrame({"id": preds.ids})
@@ -77,14 +82,16 @@ def evaluate_checkpoint(
     if preds.labels is None:
         raise DataError(f"split {split!r} has no labels to evaluate against")
     names = list(spec.names)
-    metrics = compute_metrics(preds.probs, preds.labels, names, spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)
+    raw = uncalibrated(preds, spec)
+    metrics = compute_metrics(preds.probs, preds.labels, names, spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed, uncalibrated=raw)
     if split == "test" and spec.kind == "multilabel":
         val = predict_split(model, cfg, spec, "valid")
         youden = youden_thresholds(val.probs, val.labels, names, spec.kind)
         metrics["youden"] = compute_metrics(
-            preds.probs, preds.labels, names, spec.kind, thresholds=youden, n_bootstrap=n_bootstrap, seed=cfg.seed
+            preds.probs, preds.labels, names, spec.kind, thresholds=youden, n_bootstrap=n_bootstrap, seed=cfg.seed, uncalibrated=raw
         )
         metrics["thresholds_youden_from_valid"] = youden
+    metrics["temperature"] = None if spec.temperature is None else list(spec.temperature)
     out.mkdir(parents=True, exist_ok=True)
     skipped = report_skipped(out / "skipped.json", preds)
     metrics.update(split=split, checkpoint=str(checkpoint), epoch=ckpt["epoch"], skipped=len(skipped))
@@ -103,10 +110,11 @@ def evaluate_checkpoint(
         robustness=robustness_results(run_folder(checkpoint)),
     )
     predictions_frame(preds, spec).to_csv(out / "predictions.csv", index=False)
-    plot_roc(preds.probs, preds.labels, names, spec.kind, out / "roc.png", seed=cfg.seed)
-    plot_pr(preds.probs, preds.labels, names, spec.kind, out / "pr.png")
+    plot_roc(raw, preds.labels, names, spec.kind, out / "roc.png", seed=cfg.seed)  # the ranking metrics' scores (compute_metrics)
+    plot_pr(raw, preds.labels, names, spec.kind, out / "pr.png")
     plot_confusion(preds.probs, preds.labels, names, spec.kind, out / "confusion.png")
-    plot_calibration(preds.probs, preds.labels, names, spec.kind, out / "calibration.png")
+    before = None if spec.temperature is None else raw
+    plot_calibration(preds.probs, preds.labels, names, spec.kind, out / "calibration.png", uncalibrated=before)
     log_evaluation_run(out, cfg, metrics, ckpt.get("wandb_id"))
     return out
 

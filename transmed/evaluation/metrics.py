@@ -94,8 +94,14 @@ def compute_metrics(
     n_bootstrap: int = 1000,
     seed: int = 0,
     ci: float = 0.95,
+    uncalibrated: np.ndarray | None = None,
 ) -> dict:
     """Per-task and overall metrics, each as ``{"value": v, "ci": [lo, hi]}``.
+
+    ``uncalibrated``: the same studies' probabilities before temperature scaling (``probs`` being the
+    calibrated ones). The ranking metrics (auc, average_precision, auc_micro) then come from them,
+    so calibration leaves them exactly as they were (one temperature over several classes can
+    reorder a class's studies one-vs-rest), and ``ece_uncalibrated`` is added next to ``ece``.
 
     Per task/class: auc, average_precision, accuracy, balanced_accuracy, sensitivity,
     specificity, f1, ece. For ``"multilabel"`` the thresholded metrics use ``probs >= t`` with
@@ -114,6 +120,10 @@ def compute_metrics(
     average_precision, with a warning naming it; means skip NaN tasks.
     """
     scores, targets = binary_targets(probs, labels, names, kind)
+    ranked = None if uncalibrated is None else binary_targets(uncalibrated, labels, names, kind)[0]
+    if ranked is not None and ranked.shape != scores.shape:
+        raise ValueError(f"uncalibrated probabilities must have the shape of probs {scores.shape}, got {ranked.shape}")
+    metric_names = METRICS if ranked is None else (*METRICS, "ece_uncalibrated")
     if n_bootstrap < 1:
         raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
     if not 0 < ci < 1:
@@ -138,9 +148,10 @@ def compute_metrics(
     point, boot = {}, {}
     for j, name in enumerate(names):
         y = targets[:, j]
-        unit = _binary_metrics(scores[:, j], y, preds[:, j], np.ones((1, n)))
+        rank_j = None if ranked is None else ranked[:, j]
+        unit = _binary_metrics(scores[:, j], y, preds[:, j], np.ones((1, n)), rank_j)
         point[name] = {m: v[0] for m, v in unit.items()}
-        boot[name] = _binary_metrics(scores[:, j], y, preds[:, j], shared)
+        boot[name] = _binary_metrics(scores[:, j], y, preds[:, j], shared, rank_j)
         one_class = (shared @ y == 0) | (shared @ ~y == 0)  # unstratified resamples may lose a task's rare class
         for m in ("auc", "average_precision"):
             boot[name][m][one_class] = np.nan
@@ -152,22 +163,24 @@ def compute_metrics(
         # otherwise the point auc and average_precision are the unit-weight engine's, equal to sklearn's
         # (tests/test_metrics.py) and several times faster than calling sklearn per task
 
-    tasks = {name: {m: _summary(point[name][m], boot[name][m], ci) for m in METRICS} for name in names}
+    tasks = {name: {m: _summary(point[name][m], boot[name][m], ci) for m in metric_names} for name in names}
 
     def mean_over_tasks(metric: str) -> tuple[float, np.ndarray]:
         values = _nanmean(np.array([point[name][metric] for name in names]), axis=0)
         return float(values), _nanmean(np.stack([boot[name][metric] for name in names]), axis=0)
 
     if kind == "multilabel":
-        overall = {m: _summary(*mean_over_tasks(m), ci) for m in METRICS}
+        overall = {m: _summary(*mean_over_tasks(m), ci) for m in metric_names}
     else:
         correct = targets[np.arange(n), scores.argmax(axis=1)]
-        micro_boot = _ranking_metrics(scores.ravel(), targets.ravel(), np.repeat(shared, k, axis=1))[0]
-        macro = {m: _summary(*mean_over_tasks(m), ci) for m in ("auc", "sensitivity", "specificity", "f1")}
+        micro = (scores if ranked is None else ranked).ravel()
+        micro_boot = _ranking_metrics(micro, targets.ravel(), np.repeat(shared, k, axis=1))[0]
+        calibration = [] if ranked is None else ["ece", "ece_uncalibrated"]
+        macro = {m: _summary(*mean_over_tasks(m), ci) for m in ("auc", "sensitivity", "specificity", "f1", *calibration)}
         overall = {
             **macro,  # one-vs-rest, macro over classes: the same keys as a multilabel overall
             "auc_macro": macro["auc"],
-            "auc_micro": _summary(roc_auc_score(targets.ravel(), scores.ravel()), micro_boot, ci),
+            "auc_micro": _summary(roc_auc_score(targets.ravel(), micro), micro_boot, ci),
             "accuracy": _summary(correct.mean(), shared @ correct / n, ci),
             "balanced_accuracy": macro["sensitivity"],
             "f1_macro": macro["f1"],
@@ -366,9 +379,15 @@ def _ece(p: np.ndarray, y: np.ndarray, w: np.ndarray, n_bins: int) -> np.ndarray
     return np.abs(gap).sum(axis=1) / w.sum(axis=1)
 
 
-def _binary_metrics(score: np.ndarray, y: np.ndarray, pred: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
-    """All per-task metrics for each row of sample weights ``w`` (R, N); arrays of shape (R,)."""
-    auc, ap = _ranking_metrics(score, y, w)
+def _binary_metrics(
+    score: np.ndarray, y: np.ndarray, pred: np.ndarray, w: np.ndarray, ranked: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """All per-task metrics for each row of sample weights ``w`` (R, N); arrays of shape (R,).
+
+    ``ranked``: the uncalibrated probabilities, which the ranking metrics then use and whose ECE is
+    ``ece_uncalibrated``; None: ``score`` serves for everything.
+    """
+    auc, ap = _ranking_metrics(score if ranked is None else ranked, y, w)
     n_pos, n_neg = w @ y, w @ ~y
     tp, fp = w @ (y & pred), w @ (~y & pred)
     sensitivity = _div(tp, n_pos)
@@ -382,6 +401,7 @@ def _binary_metrics(score: np.ndarray, y: np.ndarray, pred: np.ndarray, w: np.nd
         "specificity": specificity,
         "f1": _div(2 * tp, tp + fp + n_pos),
         "ece": _ece(score, y, w, ECE_BINS),
+        **({} if ranked is None else {"ece_uncalibrated": _ece(ranked, y, w, ECE_BINS)}),
     }
 
 

@@ -40,10 +40,23 @@ METRIC_NAMES = {
     "specificity": "specificity",
     "f1": "F1",
     "ece": "calibration error (ECE)",
+    "ece_uncalibrated": "ECE before temperature scaling",
     "auc_macro": "AUC (macro)",
     "auc_micro": "AUC (micro)",
     "f1_macro": "F1 (macro)",
 }
+
+
+def _temperature(temperature: Optional[list[float]]) -> str:
+    """The card's sentence on temperature scaling (`train.calibrate`)."""
+    if temperature is None:
+        return "Probabilities are not calibrated (no temperature in the checkpoint)."
+    values = ", ".join(f"{t:.3g}" for t in temperature)
+    return (
+        f"Probabilities are temperature-scaled (T = {values}, fitted on `{SELECTION_SPLIT}` at the end of training); the ECE "
+        "before scaling is the `ECE before temperature scaling` row. AUC and average precision are computed from the "
+        "unscaled probabilities, whose ranking is the model's own."
+    )
 
 
 def split_statistics(cfg: DictConfig, spec: LabelSpec, evaluated: Optional[tuple[str, np.ndarray]] = None) -> dict[str, dict]:
@@ -312,7 +325,7 @@ def _results(spec: LabelSpec, metrics: Optional[dict], n_bootstrap: Optional[int
         "Overall: the mean over tasks" + (" (one-vs-rest, macro) plus micro AUC and accuracy." if spec.kind == "multiclass" else "."),
         _metric_table(spec, metrics),
         f"Calibration error: expected calibration error (ECE) over {ECE_BINS} equal-width probability bins, per task "
-        "(the `calibration error (ECE)` row); see calibration.png.",
+        "(the `calibration error (ECE)` row); see calibration.png. " + _temperature(metrics.get("temperature")),
         _thresholds(spec, metrics.get("thresholds", {})),
     ]
     if "youden" in metrics:

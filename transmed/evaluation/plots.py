@@ -113,10 +113,22 @@ def plot_confusion(
     _save(fig, path)
 
 
-def plot_calibration(probs: np.ndarray, labels: np.ndarray, names: list[str], kind: str, path: str | Path, n_bins: int = 10) -> None:
+def plot_calibration(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    names: list[str],
+    kind: str,
+    path: str | Path,
+    n_bins: int = 10,
+    uncalibrated: np.ndarray | None = None,
+) -> None:
     """Reliability diagram per task/class (one-vs-rest for multiclass): fraction positive
-    against mean predicted probability in equal-width bins, with the diagonal and ECE."""
+    against mean predicted probability in equal-width bins, with the diagonal and ECE.
+
+    `uncalibrated`: the probabilities before temperature scaling, drawn dashed in the same colour
+    next to the calibrated `probs`."""
     scores, targets = binary_targets(probs, labels, names, kind)
+    before = None if uncalibrated is None else binary_targets(uncalibrated, labels, names, kind)[0]
     fig = Figure(figsize=(6, 6))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
@@ -124,7 +136,15 @@ def plot_calibration(probs: np.ndarray, labels: np.ndarray, names: list[str], ki
         mean_prob, frac_pos, count = calibration_curve(scores[:, j], targets[:, j], n_bins)
         ece = expected_calibration_error(scores[:, j], targets[:, j], n_bins)
         filled = count > 0
-        ax.plot(mean_prob[filled], frac_pos[filled], "o-", label=f"{name} (ECE {ece:.3f})")
+        label = f"{name} (ECE {ece:.3f})" if before is None else f"{name}, calibrated (ECE {ece:.3f})"
+        (line,) = ax.plot(mean_prob[filled], frac_pos[filled], "o-", label=label)
+        if before is not None:
+            mean_prob, frac_pos, count = calibration_curve(before[:, j], targets[:, j], n_bins)
+            ece = expected_calibration_error(before[:, j], targets[:, j], n_bins)
+            filled = count > 0
+            ax.plot(
+                mean_prob[filled], frac_pos[filled], "s--", color=line.get_color(), alpha=0.6, label=f"{name}, uncalibrated (ECE {ece:.3f})"
+            )
     _finish(fig, ax, path, "Reliability diagram", "Mean predicted probability", "Fraction of positives")
 
 

@@ -75,7 +75,10 @@ def rebuild_model(
             f"invalid value for config key 'data.modalities': {list(cfg.data.modalities)}; the model of {source} was trained on "
             f"{len(trained_on)} modalities {trained_on} and takes those; to leave some out, use data.drop_modalities=[...]"
         )
-    spec = LabelSpec.from_dict(saved["label_spec"])
+    try:
+        spec = LabelSpec.from_dict(saved["label_spec"])  # its temperature included: probabilities come out calibrated
+    except CheckpointError as err:
+        raise CheckpointError(f"{source}: {err}") from None
     model = build_model(cfg, spec.num_outputs, pretrained=False)
     load_state(model, saved["model"], source)
     model.label_spec = spec

@@ -97,13 +97,14 @@ def predict(
     modalities: Sequence[str],
     label_names: Sequence[str],
     task: str,
-    temperature: float,
+    temperature: float | Sequence[float],
     output_file: str,
     device: torch.device | str = "cpu",
 ) -> list[dict]:
     """Probabilities for every study of `dataset` (its `data`: dicts with one file per modality), written to `output_file` as JSON.
 
-    Multilabel: sigmoid per task; multiclass: softmax over the classes; both of logits / temperature.
+    Multilabel: sigmoid per task; multiclass: softmax over the classes; both of logits / temperature
+    (one per task, or one for all classes: the checkpoint's temperature scaling).
     A bad request (a missing file, a stack the checks refuse) ends the run with one `error: ...` line.
     """
     results = []
@@ -117,7 +118,7 @@ def predict(
                 raise
             raise SystemExit(f"error: study {study_id(study, modalities)}: {found}") from None
         with torch.no_grad():
-            logits = network(item["image"][None].to(device)).float().cpu() / temperature
+            logits = network(item["image"][None].to(device)).float().cpu() / torch.as_tensor(temperature, dtype=torch.float32)
         probs = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=-1)
         results.append(
             {
