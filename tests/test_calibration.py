@@ -181,3 +181,34 @@ def test_one_class_task_keeps_temperature_one_and_bad_temperatures_are_one_line(
     with pytest.raises(CheckpointError, match="neither a number nor a list"):
         label_spec_of({"task": "multiclass", "label_names": ["a", "b"], "temperature": "hot"})
     assert label_spec_of({"task": "multilabel", "label_names": ["a", "b"], "temperature": 1.0}).temperature == (1.0, 1.0)
+
+
+def test_the_bundle_applies_the_checkpoint_temperature(runs, tmp_path):
+    """The MONAI bundle's inference.json carries describe()'s temperature and its predict divides by it (per task)."""
+    pytest.importorskip("monai")
+    from transmed.deploy.bundle_scripts.standalone import predict as bundle_predict
+    from transmed.deploy.monai_bundle import inference_config
+    from transmed.models.loading import load_trained
+
+    _, cfg, spec, _ = load_trained(runs["cal"] / "checkpoints" / "best.pt", device="cpu")
+    assert inference_config(cfg, spec)["temperature"] == list(spec.temperature)
+    (tmp_path / "a.npy").touch()
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+
+    class Dataset:  # what the bundle's MONAI Dataset gives predict: `.data` and one item per study
+        data = [{"id": "s", **{m: str(tmp_path / "a.npy") for m in cfg.data.modalities}}]
+
+        def __getitem__(self, index: int) -> dict:
+            return {"image": torch.zeros(3, 4, 32, 32)}
+
+    (got,) = bundle_predict(
+        lambda image: logits,
+        Dataset(),
+        list(cfg.data.modalities),
+        list(spec.names),
+        spec.kind,
+        list(spec.temperature),
+        str(tmp_path / "p.json"),
+    )
+    expected = spec.probabilities(logits)[0]
+    assert max(abs(got["probabilities"][name] - float(p)) for name, p in zip(spec.names, expected)) <= 1e-6
