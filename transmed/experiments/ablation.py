@@ -4,9 +4,9 @@ compared in a table and a plot.
 FILE is YAML:
 
     base: configs/knee.yaml          # the config every run starts from (--base replaces it)
-    group: knee-finetune-depth       # W&B group and output folder (--group replaces it)
+    group: knee-backbone             # W&B group and output folder (--group replaces it)
     grid:                            # key -> values; several keys make a product
-      model.trainable_blocks: [0, 1, 2, 3, 4, all]
+      model.backbone: [resnet18, resnet34, convnext_tiny]
 
 `grid` may also be a list of such mappings; their runs are concatenated (a union of products).
 Extra `key=value` apply to every run. Each run is `{output_dir}/{group}/{run}/`, a W&B run in the
@@ -14,7 +14,7 @@ group tagged with its varied values; its best checkpoint's AUC gets a bootstrap 
 valid (optimistic: valid also chose the epoch) and on test where the data has a test split.
 The comparison is `{output_dir}/{group}/comparison.{csv,md,png}`. A failed run is a row with its
 error and does not stop the others. Run again with `train.resume=auto` to finish interrupted runs
-and keep finished ones.
+and keep finished ones. `--sweep OUT.yaml` writes the grid as a W&B sweep instead (`experiments/sweep.py`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,12 @@ def load_ablation(path: str | Path, base: Optional[str] = None, group: Optional[
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"ablation file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"cannot read ablation file {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"ablation file {path}: the top level must be a mapping (base, group, grid)")
     unknown = sorted(set(spec) - set(FILE_KEYS))
     if unknown:
         raise ConfigError(f"ablation file {path}: unknown key(s) {unknown}; expected {list(FILE_KEYS)}")
