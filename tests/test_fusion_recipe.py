@@ -17,11 +17,13 @@ def tiny_model(**kw) -> TransMed:
     return TransMed(num_modalities=2, num_outputs=3, backbone=TINY_BACKBONE, variant="tiny", depth=2, **kw).eval()
 
 
-def test_mean_pooling_reads_real_tokens_only():
-    model = tiny_model(pool="mean", layer_scale=1e-4)
+@pytest.mark.parametrize("pool", ["mean", "modality"])
+def test_pooling_reads_real_tokens_only(pool):
+    model = tiny_model(pool=pool, layer_scale=1e-4)
     x = torch.rand(2, 2, 8, 32, 32)
     mask = torch.ones(2, 2, 8, dtype=torch.bool)
     mask[1, 1, 5:] = False
+    mask[0, 0] = False  # a missing modality
     noisy = x.clone()
     noisy[~mask] = torch.randn_like(noisy[~mask]) * 1e3
     with torch.no_grad():

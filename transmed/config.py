@@ -77,7 +77,7 @@ class ModelConfig:
     depth: Optional[int] = None  # transformer depth; None takes the variant's default
     dropout: float = 0.1
     drop_path: float = 0.0
-    pool: str = "cls"  # transmed: the head reads the class token (cls) or the mean of the real tokens (mean)
+    pool: str = "cls"  # transmed: the head reads the class token (cls), the mean of the real tokens (mean) or each modality's mean (modality)
     layer_scale: Optional[float] = None  # transmed: initial scale of every residual branch (timm's init_values); null: none
     trainable_blocks: str = "all"  # 0..N top stem stages that train, or "all"
     init_from: Optional[str] = None  # start from another run's checkpoint (what matches is loaded)
@@ -138,7 +138,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.cache_dtype": ("auto", "float32"),
     "model.variant": ("tiny", "small", "base"),
     "model.slice_mode": ("group", "replicate"),
-    "model.pool": ("cls", "mean"),
+    "model.pool": ("cls", "mean", "modality"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
 

@@ -17,6 +17,7 @@ from .stem import CNNStem, Pretrained
 from .tokens import SliceTokenizer, TokenEmbedding, group_slices
 from .transformer import Encoder
 
+POOLS = ("cls", "mean", "modality")  # what the head reads (`pool`)
 VARIANTS: dict[str, dict[str, int]] = {
     "tiny": dict(dim=192, heads=3, depth=4),
     "small": dict(dim=384, heads=6, depth=6),
@@ -95,8 +96,10 @@ class TransMed(nn.Module):
         checkpoint_stem: in training, recompute the stem's activations in backward instead of storing them.
         drop_modalities: positions of modalities the model sees as missing in eval mode (`data.drop_modalities`:
             robustness to a missing sequence); training sees them all.
-        pool: what the head reads: "cls" (the class token's output, as in the paper) or "mean" (the mean of
-            the real tokens' outputs: every token reaches the head directly from the first step).
+        pool: what the head reads: "cls" (the class token's output, as in the paper), "mean" (the mean of
+            the real tokens' outputs: every token reaches the head directly from the first step) or
+            "modality" (each modality's mean, concatenated and projected to the width: the head also knows
+            which modality a token came from, as late fusion's does).
         layer_scale: initial value of a learned per-channel scale on every residual branch (None: none);
             a small value starts each transformer block close to the identity.
 
@@ -145,8 +148,8 @@ class TransMed(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"unknown pooling {pool!r}; expected 'cls' or 'mean'")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pooling {pool!r}; expected one of {list(POOLS)}")
         spec = VARIANTS[variant]
         self.num_modalities = num_modalities
         self.num_outputs = num_outputs
@@ -162,6 +165,7 @@ class TransMed(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.encoder = Encoder(self.dim, depth if depth is not None else spec["depth"], spec["heads"], dropout, drop_path, layer_scale)
+        self.fuse = nn.Linear(num_modalities * self.dim, self.dim) if pool == "modality" else None
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(self.dim, num_outputs)
 
@@ -219,13 +223,16 @@ class TransMed(nn.Module):
 
     def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encoded tokens (B, 1 + T, D); index 0 is what the head reads: the class token's output, or
-        with `pool="mean"` the mean of the real (unpadded) tokens' outputs in its place."""
+        with `pool` "mean" or "modality" the pooled real (unpadded) tokens' outputs in its place."""
         tokens, key_mask = self.tokenize(x, mask)
         encoded = self.encoder(tokens, key_mask)[0]
         if self.pool == "cls":
             return encoded
-        weights = key_mask[:, 1:, None].to(encoded.dtype)
-        pooled = (encoded[:, 1:] * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+        groups = 1 if self.pool == "mean" else self.num_modalities  # tokens are in modality order: (m g p)
+        per_group = rearrange(encoded[:, 1:], "b (m t) d -> b m t d", m=groups)
+        weights = rearrange(key_mask[:, 1:], "b (m t) -> b m t 1", m=groups).to(encoded.dtype)
+        pooled = (per_group * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1)  # (B, groups, D); a missing modality: zeros
+        pooled = pooled[:, 0] if self.fuse is None else self.fuse(rearrange(pooled, "b m d -> b (m d)"))
         return torch.cat([pooled[:, None], encoded[:, 1:]], dim=1)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
