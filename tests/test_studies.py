@@ -193,7 +193,8 @@ def fake_predictions(folder: Path, labels: np.ndarray, signal: float, seed: int)
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"id": [f"{i:04d}" for i in range(len(labels))]})
     for k, name in enumerate(("abnormal", "acl", "meniscus")):
-        frame[f"prob/{name}"] = 1 / (1 + np.exp(-(signal * (2 * labels[:, k] - 1) + rng.normal(0, 1, len(labels)))))
+        logits = signal * (2 * labels[:, k] - 1) + rng.normal(0, 1, len(labels))
+        frame[f"prob/{name}"], frame[f"logit/{name}"] = 1 / (1 + np.exp(-logits / 2)), logits  # calibrated at T = 2
     for k, name in enumerate(("abnormal", "acl", "meniscus")):
         frame[f"label/{name}"] = labels[:, k]
     frame.to_csv(folder / "predictions-valid.csv", index=False)

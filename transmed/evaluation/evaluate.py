@@ -52,10 +52,14 @@ def uncalibrated(preds: Predictions, spec: LabelSpec) -> np.ndarray:
 
 
 def predictions_frame(preds: Predictions, spec: LabelSpec) -> pd.DataFrame:
-    """`id`, `prob/<name>` and `label/<name>` (0/1; one-hot for multi-class) per study."""
+    """`id`, `prob/<name>` (calibrated where the model carries a temperature), `logit/<name>` (the
+    model's output: its ranking is the uncalibrated one AUC uses) and `label/<name>` (0/1; one-hot
+    for multi-class) per study."""
     frame = pd.DataFrame({"id": preds.ids})
     for k, name in enumerate(spec.names):
         frame[f"prob/{name}"] = preds.probs[:, k]
+    for k, name in enumerate(spec.names):
+        frame[f"logit/{name}"] = preds.logits[:, k]
     if preds.labels is not None:
         onehot = preds.labels if spec.kind == "multilabel" else np.eye(spec.num_outputs)[preds.labels.astype(int)]
         for k, name in enumerate(spec.names):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from omegaconf import DictConfig
 
 from ...evaluation.metrics import resampled_mean_auc, study_resamples
@@ -76,12 +77,15 @@ class Results:
         return self.configs[[str(r) for r in self.frame["run"]].index(run)]
 
     def predictions(self, row: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-        """(ids, probs (N, K), labels (N, K) 0/1, names) of the row's best checkpoint on the report's split."""
+        """(ids, probs (N, K), labels (N, K) 0/1, names) of the row's best checkpoint on the report's split;
+        the probabilities are the uncalibrated ones (from the logits), whose ranking the AUC of `evaluate` uses."""
         key = (row["dir"], self.split)
         if key not in self._predictions:
             frame = pd.read_csv(Path(row["dir"]) / f"predictions-{self.split}.csv", dtype={"id": str})
             names = [c.split("/", 1)[1] for c in frame.columns if c.startswith("prob/")]
-            probs = frame[[f"prob/{n}" for n in names]].to_numpy(float)
+            logits = torch.from_numpy(frame[[f"logit/{n}" for n in names]].to_numpy(np.float64))
+            multiclass = self.config(str(row["run"])).data.format == "nifti"
+            probs = (torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)).numpy()
             self._predictions[key] = (list(frame["id"]), probs, frame[[f"label/{n}" for n in names]].to_numpy(int), names)
         return self._predictions[key]
 
