@@ -83,7 +83,7 @@ class Results:
         if key not in self._predictions:
             frame = pd.read_csv(Path(row["dir"]) / f"predictions-{self.split}.csv", dtype={"id": str})
             names = [c.split("/", 1)[1] for c in frame.columns if c.startswith("prob/")]
-            logits = torch.from_numpy(frame[[f"logit/{n}" for n in names]].to_numpy(np.float64))
+            logits = torch.tensor(frame[[f"logit/{n}" for n in names]].to_numpy(np.float64))
             multiclass = self.config(str(row["run"])).data.format == "nifti"
             probs = (torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)).numpy()
             self._predictions[key] = (list(frame["id"]), probs, frame[[f"label/{n}" for n in names]].to_numpy(int), names)
