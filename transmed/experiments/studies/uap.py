@@ -123,7 +123,8 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
                 f"uap/{source}/random_rate": result["random_targeted_success_rate" if source == "targeted" else "random_fooling_rate"],
                 f"uap/{source}/radius": settings["radius"],
                 f"uap/{source}/achieved_norm": max(settings["achieved_norm"]),
-                f"uap/{source}/achieved_zeta": max(settings["achieved_zeta"]),
+                # relative to a training slice image for every source, as the budget's zeta is
+                f"uap/{source}/achieved_zeta": max(settings["achieved_norm"]) / results["train"]["settings"]["mean_input_norm"],
                 f"uap/{source}/passes": settings["passes"],
                 f"uap/{source}/crafting_rate": settings["crafting_rate"],
                 "uap/n_eval": settings["n_eval"],
@@ -214,7 +215,8 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
                 {
                     "run": row["run"],
                     "seed": int(row["seed"]),
-                    "UAP from": what + (f" (target {row['uap/targeted/target']})" if source == "targeted" else ""),
+                    "UAP from": what
+                    + (f" (target {row['uap/targeted/target']}, clean {row['uap/targeted/clean_rate']:.3f})" if source == "targeted" else ""),
                     "budget (radius)": row[f"uap/{source}/radius"],
                     "achieved norm": row[f"uap/{source}/achieved_norm"],
                     "achieved zeta": row[f"uap/{source}/achieved_zeta"],
@@ -245,8 +247,10 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
     notes.append(
         f"Rates on the {split} split, studies the UAPs were not crafted from (the crafting-set rate, on the crafting inputs "
         f"themselves, is shown apart: a UAP fools its own crafting studies more often). Fooling: the prediction changes (any "
-        f"task flips at 0.5, or the class changes). Every UAP has the {st['norm']} norm budget zeta={st['zeta']:g} times the mean "
-        f"norm of a training slice image (the natural UAPs' zeta is rescaled to their own inputs' norm); crafting "
+        f"task flips at 0.5, or the class changes); a targeted rate counts the studies on target with the perturbation, 'clean' "
+        f"those on target without it. Every UAP has the {st['norm']} norm budget zeta={st['zeta']:g} times the mean norm of a "
+        f"training slice image (the natural UAPs' own zeta is rescaled to their inputs' norm; the achieved zeta in the table "
+        f"is relative to a training slice image for every source); crafting "
         + ("stops once the crafting rate reaches 1 - delta, usually short of the budget" if st["early_stop"] else f"runs all {st['max_iter']} passes")
         + f", so each random control ({st['random_trials']} draws) has its UAP's achieved norm, modality by modality. "
         f"Natural images: `{st['natural_images']}`"
