@@ -29,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from ...config import load_config
-from .measure import Contention, cores, ratio_rounds, spread, verdict
+from .measure import Contention, cores, named_ratio, ratio_rounds, spread, verdict
 from .plan import GPU_MACHINE_CORES, LoaderShape, Plan
 
 Log = Callable[[str], None]
@@ -196,6 +196,11 @@ class Epoch:
 # ---------------------------------------------------------------- the loader section
 
 
+def _epoch_times(total: dict) -> dict:
+    """A row's epoch seconds from `spread` over its rounds: median, fastest, slowest and spread."""
+    return dict(epoch_s=total["median"], epoch_s_low=total["low"], epoch_s_high=total["high"], spread=total["spread"])
+
+
 def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], log: Log, work: Optional[Path] = None) -> dict:
     """Old and new path at the knee shape, side by side: cache fill, bytes per cached study, studies/s per worker
     (interleaved epochs on one torch thread, median and spread), the ratio of the two with a verdict against the goals,
@@ -243,10 +248,7 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
             total = spread([r["seconds"] for r in results])
             loader_only = spread([r["seconds"] - r["device_s"] for r in results])
             row.update(
-                epoch_s=total["median"],
-                epoch_s_low=total["low"],
-                epoch_s_high=total["high"],
-                spread=total["spread"],
+                **_epoch_times(total),
                 epoch_rounds=[r["seconds"] for r in results],
                 loader_only_rounds=[r["seconds"] - r["device_s"] for r in results],
                 studies_per_s=row["studies"] / total["median"],
@@ -274,10 +276,7 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
                         workers=workers,
                         cache="disk",
                         studies=len(dataset),
-                        epoch_s=total["median"],
-                        epoch_s_low=total["low"],
-                        epoch_s_high=total["high"],
-                        spread=total["spread"],
+                        **_epoch_times(total),
                         studies_per_s=rate,
                         per_worker=rate / workers,
                         scaling_efficiency=rate / (workers * single["loader_only_studies_per_s"]),
@@ -295,15 +294,11 @@ def bench_loader(plan: Plan, device: torch.device, throughput: Sequence[dict], l
             bytes_disk_ratio=new["bytes_disk"] / old["bytes_disk"] if old.get("bytes_disk") else None,
             bytes_goal=BYTES_GOAL,
             bytes_verdict="meets" if bytes_ratio <= BYTES_GOAL else "misses",
-            speed_ratio=speed["ratio"],
-            speed_ratio_low=speed["ratio_low"],
-            speed_ratio_high=speed["ratio_high"],
+            **named_ratio(speed, "speed_ratio"),
             speed_rounds=speed["ratio_rounds"],
             speed_goal=SPEED_GOAL,
             speed_verdict=verdict(speed["ratio"], speed["ratio_low"], speed["ratio_high"], SPEED_GOAL, at_most=False),
-            worker_ratio=worker["ratio"],
-            worker_ratio_low=worker["ratio_low"],
-            worker_ratio_high=worker["ratio_high"],
+            **named_ratio(worker, "worker_ratio"),
             worker_verdict=verdict(worker["ratio"], worker["ratio_low"], worker["ratio_high"], SPEED_GOAL, at_most=False),
         )
         gpu_workers = GPU_MACHINE_CORES - 1

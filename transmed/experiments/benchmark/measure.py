@@ -179,6 +179,11 @@ def ratio_rounds(numerator: Sequence[float], denominator: Sequence[float]) -> di
     return {"ratio": stats["median"], "ratio_low": stats["low"], "ratio_high": stats["high"], "ratio_rounds": ratios}
 
 
+def named_ratio(ratio: dict, name: str) -> dict:
+    """`ratio_rounds`'s median, lowest and highest round under a row's own keys: `name`, `name_low`, `name_high`."""
+    return {name: ratio["ratio"], f"{name}_low": ratio["ratio_low"], f"{name}_high": ratio["ratio_high"]}
+
+
 def verdict(median: float, low: float, high: float, goal: float, at_most: bool = True) -> str:
     """`meets` / `misses` the goal, or `undecided` where the spread (highest - lowest round) is wider than the margin
     (the distance from the median to the goal): then the rounds cannot tell the two apart."""

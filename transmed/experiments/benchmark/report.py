@@ -40,6 +40,26 @@ def pct(value: Optional[float]) -> str:
     return f"{100 * value:.0f}%" if _ok(value) else ""
 
 
+def _mib(value: Optional[float]) -> Optional[float]:
+    """Bytes in MiB; a missing value stays missing (an empty cell)."""
+    return value / MIB if _ok(value) else None
+
+
+def _each(spec: str, *columns: str) -> dict[str, str]:
+    """The same format spec for several columns."""
+    return dict.fromkeys(columns, spec)
+
+
+def _filled(rows: Sequence[dict]) -> list[str]:
+    """The columns of `rows` that have a value in at least one row (an optional measurement left out makes none)."""
+    return [c for c in (rows[0] if rows else {}) if any(_ok(row[c]) and row[c] != "" for row in rows)]
+
+
+def _section(title: str, intro: str, table: str) -> list[str]:
+    """A `###` section of a run: its intro and its table, each followed by a blank line."""
+    return [f"### {title}", "", intro, "", table, ""]
+
+
 VERDICT_WORDS = {
     "meets": "meets",
     "misses": "misses",
@@ -114,18 +134,15 @@ def render_throughput(result: dict) -> list[str]:
     columns = list(rows[0]) if rows else ["shape"]
     if not cuda:
         columns.remove("train total MiB")
-    formats = {"params (M)": ".1f", "train studies/s": ",.2f", "infer studies/s": ",.2f"}
-    formats.update({c: ",.0f" for c in ("train peak MiB", "infer peak MiB", "train total MiB")})
-    return [
-        "### Throughput",
-        "",
+    formats = {"params (M)": ".1f", **_each(",.2f", "train studies/s", "infer studies/s")}
+    formats.update(_each(",.0f", "train peak MiB", "infer peak MiB", "train total MiB"))
+    return _section(
+        "Throughput",
         "Train step (forward, loss, backward, clipping, AdamW) and inference studies/s at the median round; spread: "
         "(slowest - fastest round) / median. `vs late fusion`: late fusion's step time over this model's, round by round "
         "(above 1: faster than late fusion).",
-        "",
         markdown_table(rows, columns, formats),
-        "",
-    ]
+    )
 
 
 def render_fusion(result: dict) -> list[str]:
@@ -148,24 +165,19 @@ def render_fusion(result: dict) -> list[str]:
         }
         for r in result["fusion"]
     ]
-    formats = {"stem ms": ",.0f", "no encoder ms": ",.0f", "TransMed ms": ",.0f", "CPU-time ratio": ".3f", "FLOP ratio": ".3f"}
-    formats.update({"stem peak MiB": ",.0f", "TransMed peak MiB": ",.0f"})
+    formats = _each(",.0f", "stem ms", "no encoder ms", "TransMed ms", "stem peak MiB", "TransMed peak MiB")
+    formats.update(_each(".3f", "CPU-time ratio", "FLOP ratio"))
     rounds = result["fusion"][0].get("rounds", "") if result["fusion"] else ""
-    return [
-        "### Fusion overhead",
-        "",
+    return _section(
+        "Fusion overhead",
         "A TransMed train step (forward, loss, backward, clipping, AdamW) divided by the same stem's train step alone on the "
         "same slice-images (trivial loss on pooled features, AdamW over the stem). `no encoder` is TransMed with "
         f"`model.depth=0`. The three run interleaved, {rounds} rounds; the ratio is taken within each round, and the table "
         "gives its median and its lowest and highest round. CPU-time ratio: the same with process CPU time (CPU runs; not "
         "inflated by waiting for the cores). FLOP ratio: matmul and convolution FLOPs of the two steps, the ratio if every "
         f"FLOP cost the same. Goal: at most {FUSION_GOAL}; no verdict where the rounds spread wider than the margin to it.",
-        "",
         markdown_table(rows, formats=formats),
-        "",
-        *[f"- {fusion_note(r)}" for r in result["fusion"]],
-        "",
-    ]
+    ) + [*(f"- {fusion_note(r)}" for r in result["fusion"]), ""]
 
 
 def render_scaling(result: dict) -> list[str]:
@@ -185,67 +197,61 @@ def render_scaling(result: dict) -> list[str]:
         }
         for r in result["scaling"]
     ]
-    formats = {"stem ms": ",.0f", "TransMed ms": ",.0f", "ratio": ".3f", "stem peak MiB": ",.0f", "TransMed peak MiB": ",.0f"}
-    return [
-        "### Scaling",
-        "",
+    formats = {"ratio": ".3f", **_each(",.0f", "stem ms", "TransMed ms", "stem peak MiB", "TransMed peak MiB")}
+    return _section(
+        "Scaling",
         "TransMed tiny and its stem alone (train step), against slices per modality and number of modalities: medians of "
         "interleaved rounds, the ratio within each round. Tokens per study = 1 + modalities x slice groups x grid cells; the "
         "stem's cost grows with the slice-images, attention's with tokens².",
-        "",
         markdown_table(rows, formats=formats),
-        "",
-    ]
+    )
 
 
 def render_loader(result: dict) -> list[str]:
     data = result["loader"]
-    rows = []
-    for r in data["rows"]:
-        rows.append(
-            {
-                "path": f"{r['path']}: {r['label']}",
-                "workers": r["workers"] or "0 (main process)",
-                "cache dtype": r.get("dtype"),
-                "MiB/study in memory": r["bytes_memory"] / MIB if _ok(r.get("bytes_memory")) else None,
-                "MiB/study on disk": r["bytes_disk"] / MIB if _ok(r.get("bytes_disk")) else None,
-                "cache fill studies/s": r.get("fill_studies_per_s"),
-                "studies/s": r["studies_per_s"],
-                "rounds": span(r.get("studies_per_s_low"), r.get("studies_per_s_high"), 1),
-                "per worker": r.get("per_worker", r["studies_per_s"] if not r["workers"] else None),
-                "loader only": r.get("loader_only_studies_per_s"),
-                "device work ms/study": r.get("device_ms_per_study"),
-                "workers' scaling": pct(r.get("scaling_efficiency")),
-                "x train": r.get("vs_train"),
-            }
-        )
-    formats = {c: ",.1f" for c in ("MiB/study in memory", "MiB/study on disk", "cache fill studies/s", "studies/s", "per worker")}
-    formats.update({"loader only": ",.1f", "device work ms/study": ",.0f", "x train": ",.1f"})
-    columns = [c for c in (rows[0] if rows else {}) if any(_ok(row[c]) and row[c] != "" for row in rows)]
+    rows = [
+        {
+            "path": f"{r['path']}: {r['label']}",
+            "workers": r["workers"] or "0 (main process)",
+            "cache dtype": r.get("dtype"),
+            "MiB/study in memory": _mib(r.get("bytes_memory")),
+            "MiB/study on disk": _mib(r.get("bytes_disk")),
+            "cache fill studies/s": r.get("fill_studies_per_s"),
+            "studies/s": r["studies_per_s"],
+            "rounds": span(r.get("studies_per_s_low"), r.get("studies_per_s_high"), 1),
+            "per worker": r.get("per_worker", r["studies_per_s"] if not r["workers"] else None),
+            "loader only": r.get("loader_only_studies_per_s"),
+            "device work ms/study": r.get("device_ms_per_study"),
+            "workers' scaling": pct(r.get("scaling_efficiency")),
+            "x train": r.get("vs_train"),
+        }
+        for r in data["rows"]
+    ]
+    formats = _each(",.1f", "MiB/study in memory", "MiB/study on disk", "cache fill studies/s", "studies/s", "per worker", "loader only")
+    formats.update({"device work ms/study": ",.0f", "x train": ",.1f"})
     c, e, shape = data["comparison"], data["extrapolation"], data["shape"]
-    lines = [
-        "### Data loader",
-        "",
+    device = "GPU" if result["machine"]["device_type"] == "cuda" else "CPU"
+    return _section(
+        "Data loader",
         f"The training loader at the knee shape ({shape['label']}), {data['studies']} synthetic studies in the MRNet layout "
         f"({data['source_bytes_per_study'] / MIB:.1f} MiB of uint8 per study on disk; written in {data['generation_s']:.0f} s by "
         f"{data['generation_processes']} processes), with `data.cache_dir` on disk as configs/knee.yaml, built by "
         "`build_dataset`/`build_loader` as training builds them. Old path: `data.cache_dtype=float32 data.augment_on=loader`; "
         "new path: `data.cache_dtype=auto data.augment_on=device`. Studies/s include the device work on each batch, run on "
-        f"this run's {'GPU' if result['machine']['device_type'] == 'cuda' else 'CPU'} (`device work`: `to_device`, where a "
+        f"this run's {device} (`device work`: `to_device`, where a "
         "compact batch becomes float, for the new path in one pass with `augment_batch`), so one worker's studies/s compare like "
         "for like; "
         "`loader only` leaves the device work out: what a loader worker does (on a GPU machine the rest runs on the GPU). "
         "Cache fill: building the dataset (every study preprocessed and written). "
         f"Studies/s: median of {len(data['rows'][0].get('epoch_rounds', [])) or ''} interleaved warm epochs (old, new, old, ...) "
         "on one torch thread (a loader worker's), with the slowest and fastest round.",
-        "",
-        markdown_table(rows, columns, formats),
-        "",
+        markdown_table(rows, _filled(rows), formats),
+    ) + [
         f"- Bytes per cached study, new over old: {c['bytes_ratio']:.3f} in memory"
         + (f", {c['bytes_disk_ratio']:.3f} on disk" if _ok(c.get("bytes_disk_ratio")) else "")
         + f": {_verdict_text(c['bytes_verdict'], 'at most 1/3')}.",
         f"- Studies/s per worker, new over old, with the device work (the new path's batch augmentation) on this run's "
-        f"{'GPU' if result['machine']['device_type'] == 'cuda' else 'CPU'}: {c['speed_ratio']:.2f}x "
+        f"{device}: {c['speed_ratio']:.2f}x "
         f"(rounds {span(c['speed_ratio_low'], c['speed_ratio_high'])}): {_verdict_text(c['speed_verdict'], 'at least 2x')}.",
         f"- The same for a loader worker's own work (`loader only`; the device work on the GPU, as on a GPU machine): "
         f"{c['worker_ratio']:.2f}x (rounds {span(c['worker_ratio_low'], c['worker_ratio_high'])}): "
@@ -264,7 +270,6 @@ def render_loader(result: dict) -> list[str]:
         ),
         "",
     ]
-    return lines
 
 
 def render_rss(result: dict) -> list[str]:
@@ -277,33 +282,20 @@ def render_rss(result: dict) -> list[str]:
             "epoch s": r["epoch_s"],
             "MiB/study cached": r["bytes_memory"] / MIB,
             "RSS at start MiB": r["base_rss"] / MIB,
-            "build peak RSS MiB": r["build_peak_rss"] / MIB if _ok(r.get("build_peak_rss")) else None,
+            "build peak RSS MiB": _mib(r.get("build_peak_rss")),
             "RSS after build MiB": r["after_build_rss"] / MIB,
             "peak RSS MiB": r["peak_rss"] / MIB,
-            "epoch peak RSS MiB": r["epoch_peak_rss"] / MIB if _ok(r.get("epoch_peak_rss")) else None,
-            "largest worker peak MiB": r["worker_peak_rss"] / MIB if _ok(r.get("worker_peak_rss")) else None,
+            "epoch peak RSS MiB": _mib(r.get("epoch_peak_rss")),
+            "largest worker peak MiB": _mib(r.get("worker_peak_rss")),
         }
         for r in data["rows"]
     ]
-    formats = {"build s": ",.0f", "epoch s": ",.1f", "MiB/study cached": ",.2f"}
-    formats.update(
-        {
-            c: ",.0f"
-            for c in (
-                "RSS at start MiB",
-                "build peak RSS MiB",
-                "RSS after build MiB",
-                "peak RSS MiB",
-                "epoch peak RSS MiB",
-                "largest worker peak MiB",
-            )
-        }
-    )
-    columns = [c for c in (rows[0] if rows else {}) if any(_ok(row[c]) for row in rows)]
+    formats = {"epoch s": ",.1f", "MiB/study cached": ",.2f"}
+    formats.update(_each(",.0f", "build s", "RSS at start MiB", "build peak RSS MiB", "RSS after build MiB", "peak RSS MiB"))
+    formats.update(_each(",.0f", "epoch peak RSS MiB", "largest worker peak MiB"))
     sizes = "/".join(f"{s:,}" for s in data["sizes"])
-    lines = [
-        "### RSS scale",
-        "",
+    lines = _section(
+        "RSS scale",
         f"Peak RSS of the new path's training loader (dataset build, then one epoch with {data['workers']} loader workers"
         f"{' as configs/knee.yaml' if data['workers'] == Plan.rss_workers else ''}) over {sizes} synthetic studies ({data['shape']['label']}), each size in a fresh process "
         "(`ru_maxrss` of that process: the one holding the cache; its workers' largest apart). One set of "
@@ -312,10 +304,8 @@ def render_rss(result: dict) -> list[str]:
         "cached studies live in files and RSS should stay flat; with the memory cache it should grow by the bytes per cached "
         "study times the studies, and no faster. The batches in flight (workers x 2 prefetched, in shared memory) add a "
         "constant once there are enough studies to fill them; the epoch moves batches only (no device work).",
-        "",
-        markdown_table(rows, columns, formats),
-        "",
-    ]
+        markdown_table(rows, _filled(rows), formats),
+    )
     for fit in rss_fits(data["rows"]):  # from the rows, not the stored fits: --render re-reads older JSON runs too
         per_study = fit["bytes_per_study"]
         others = [
@@ -346,18 +336,15 @@ def render_fast_paths(result: dict) -> list[str]:
         }
         for r in result["fast_paths"]
     ]
-    return [
-        "### Fast paths",
-        "",
+    return _section(
+        "Fast paths",
         "TransMed tiny train step under each switch, against the default at the same shape (speed-up taken round by round: "
         "median and range). Checkpointing the stem as one segment recomputes all its activations at once in backward, so its "
         "peak drops only together with `model.stem_chunk` (one chunk recomputed at a time); `stem_chunk` alone bounds memory "
         "in inference, not in training. In training, BatchNorm stems normalise each chunk with its own statistics (outputs "
         "match the default exactly in eval mode).",
-        "",
         markdown_table(rows, formats={"studies/s": ",.2f", "peak MiB": ",.0f", "memory vs default": ".2f"}),
-        "",
-    ]
+    )
 
 
 def render_train(result: dict) -> list[str]:
@@ -369,18 +356,15 @@ def render_train(result: dict) -> list[str]:
             f" Peak GPU memory over the run: {t['gpu_peak_allocated_mib']:,.0f} MiB allocated, "
             f"{t['gpu_peak_reserved_mib']:,.0f} MiB reserved."
         )
-    return [
-        "### Training run",
-        "",
+    return _section(
+        "Training run",
         f"configs/{t['config']} ({t['model']}, {t['backbone']}, batch {t['batch']}, bf16 {'on' if t['amp'] else 'off'}, compile "
         f"{'on' if t['compile'] else 'off'}, {t['workers']} loader workers) for {len(t['epochs'])} epochs over {t['train_studies']} "
         f"synthetic MRNet-size training studies (validation: {t['valid_studies']}), compact cache (in memory) and augmentation on the device "
         f"(`{' '.join(t['overrides'])}`). Studies/s: training studies over the epoch's training time (validation apart). "
         f"Data written in {t['generation_s']:.0f} s; the run took {t['wall_s']:.0f} s with its cache fill and validation.{memory}",
-        "",
-        markdown_table(rows, formats={"seconds (training)": ",.1f", "studies/s": ",.1f"}),
-        "",
-    ]
+        markdown_table(rows, formats=_each(",.1f", "seconds (training)", "studies/s")),
+    )
 
 
 RENDERERS = {

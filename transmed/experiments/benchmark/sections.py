@@ -27,7 +27,7 @@ from ...models import build_model, list_models
 from ...models.finetune import train_mode
 from ...models.registry import fixed_arguments
 from ...models.tokens import group_slices
-from .measure import Case, count_flops, measure, ratio_rounds, verdict
+from .measure import Case, count_flops, measure, named_ratio, ratio_rounds, verdict
 from .plan import FUSION_GOAL, NUM_OUTPUTS, TRANSMED_MODELS, Plan, Shape
 
 Log = Callable[[str], None]
@@ -173,7 +173,7 @@ def bench_throughput(plan: Plan, device: torch.device, models: Sequence[str], lo
                 if base is not None:
                     # throughput relative to late fusion: its step time over this model's, per round
                     rel = ratio_rounds(base["ms_rounds"], row["ms_rounds"])
-                    row.update(vs_late_fusion=rel["ratio"], vs_late_fusion_low=rel["ratio_low"], vs_late_fusion_high=rel["ratio_high"])
+                    row.update(named_ratio(rel, "vs_late_fusion"))
             rows += measured
             del cases
     return rows
@@ -232,7 +232,7 @@ def bench_fusion(plan: Plan, device: torch.device, log: Log) -> list[dict]:
             )
             if "cpu_rounds" in full_row:
                 cpu = ratio_rounds(full_row["cpu_rounds"], stem_row["cpu_rounds"])
-                row.update(cpu_ratio=cpu["ratio"], cpu_ratio_low=cpu["ratio_low"], cpu_ratio_high=cpu["ratio_high"])
+                row.update(named_ratio(cpu, "cpu_ratio"))
             rows.append(row)
     return rows
 
@@ -333,7 +333,5 @@ def bench_fast_paths(plan: Plan, device: torch.device, log: Log) -> list[dict]:
         for row in measured:
             memory = row["peak_mib"] / default["peak_mib"] if default["peak_mib"] else None
             speed = ratio_rounds(default["ms_rounds"], row["ms_rounds"])
-            rows.append(
-                dict(row, speedup=speed["ratio"], speedup_low=speed["ratio_low"], speedup_high=speed["ratio_high"], memory_ratio=memory)
-            )
+            rows.append(dict(row, **named_ratio(speed, "speedup"), memory_ratio=memory))
     return rows
