@@ -35,6 +35,7 @@ class SyntheticConfig:
     min_slices: int = 16
     max_slices: int = 32
     seed: int = 0
+    fusion: bool = False  # each task's lesion in one plane only (`transmed synthetic --fusion`), with fusion_bound.json
 
 
 @dataclass

@@ -58,13 +58,15 @@ def label_spec(cfg: DictConfig) -> LabelSpec:
 def ensure_synthetic(cfg: DictConfig) -> None:
     """`data.format: synthetic` writes the dataset into `data.root` once, then reads it as MRNet."""
     root, s = Path(cfg.data.root), cfg.data.synthetic
-    wanted = {"format": "mrnet", **{key: s[key] for key in ("num_train", "num_valid", "image_size", "min_slices", "max_slices", "seed")}}
+    keys = ("num_train", "num_valid", "image_size", "min_slices", "max_slices", "seed", "fusion")
+    wanted = {"format": "mrnet", **{key: s[key] for key in keys}}
     marker = root / MARKER
     if marker.is_file():
         try:
             made = json.loads(marker.read_text())
         except json.JSONDecodeError:
             made = {}
+        made = {"fusion": False, **made} if made else made  # the marker records fusion only when it is on
         changed = [f"{key}={made.get(key)} (config: {value})" for key, value in wanted.items() if made.get(key) != value]
         if changed:
             what = f"made with other settings: {', '.join(changed)}" if made else "without recorded settings (an earlier version)"
@@ -77,8 +79,9 @@ def ensure_synthetic(cfg: DictConfig) -> None:
             f"data.root {root} holds files but no complete synthetic dataset (no {MARKER} file; an interrupted generation?); "
             f"refusing to write into it: delete it or point data.root elsewhere"
         )
-    print(f"generating synthetic MRNet-layout data in {root} ({s.num_train} train, {s.num_valid} valid studies)")
-    generate_mrnet(root, s.num_train, s.num_valid, s.image_size, s.min_slices, s.max_slices, s.seed)
+    kind = "fusion-needing " if s.fusion else ""
+    print(f"generating synthetic {kind}MRNet-layout data in {root} ({s.num_train} train, {s.num_valid} valid studies)")
+    generate_mrnet(root, s.num_train, s.num_valid, s.image_size, s.min_slices, s.max_slices, s.seed, fusion=s.fusion)
 
 
 def read_manifest(cfg: DictConfig, split: str) -> Manifest:

@@ -275,7 +275,7 @@ def analyse_fusion(results: Results, out_dir: Path) -> Analysis:
         )
     )
     notes = pretrained_note(results, ["transmed", "late_fusion", "mrnet", "single"])
-    bound = fusion_bound(results.configs[0])
+    bound = fusion_bound(results.configs[0], results.split)
     if bound is not None:
         notes.append(bound)
     figure = out_dir / "fusion.png"
@@ -283,12 +283,20 @@ def analyse_fusion(results: Results, out_dir: Path) -> Analysis:
     return Analysis(comparisons, notes, figures=[("AUC and seconds per epoch per model", figure)])
 
 
-def fusion_bound(cfg: DictConfig) -> str | None:
+def fusion_bound(cfg: DictConfig, split: str) -> str | None:
     """The synthetic generator's statement of the best AUC one modality can reach, where the data has one."""
     path = Path(str(cfg.data.root)) / "fusion_bound.json"
     if not path.is_file():
         return None
-    return f"The data's single-modality bound (`{path}`, written by its generator): `{path.read_text().strip()}`"
+    bound = json.loads(path.read_text())
+    # the MRNet layout's `valid` is the test split once data.val_fraction carves validation out of train
+    stored = "valid" if split == "test" and cfg.data.format in ("mrnet", "synthetic") else split
+    here = bound.get("splits", {}).get(stored, {}).get("best_single_modality")
+    on_split = f", {here:.3f} on the labels of the {split} split" if here is not None else ""
+    return (
+        f"The data needs fusion: no single modality can reach a mean AUC above {bound['population']['best_single_modality']:.3f}"
+        f"{on_split} (`{path}`: {bound['derivation']})."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
