@@ -141,6 +141,21 @@ def test_torch_export_with_stride_3_and_a_dropped_modality(stride3, runs):
     assert report.files["model.pt2"] == out.stat().st_size
 
 
+@pytest.mark.parametrize("pool", ["mean", "modality"])
+def test_the_shipped_pooling_recipes_export_with_dynamic_batch_and_slices(pool, mrnet_root, runs):
+    """knee.yaml (modality) and demo.yaml (mean) pool the encoded tokens: the program keeps batch and slices dynamic."""
+    checkpoint = save_untrained(mrnet_root, runs, f"pool-{pool}", **{"model.pool": pool, "model.layer_scale": "1e-4"})
+    out = runs / f"pool-{pool}.pt2"
+    assert_checked(export_checkpoint(checkpoint, "torch-export", out))
+    module = torch.export.load(str(out)).module()
+    model = load_trained(checkpoint, device="cpu").model
+    for slices in (3, 8):
+        x, mask = study_batch(slices)
+        with torch.no_grad():
+            torch.testing.assert_close(module(x, mask), model(x, mask), atol=TOLERANCE, rtol=0)
+            torch.testing.assert_close(module(x[:1], mask[:1]), model(x[:1], mask[:1]), atol=TOLERANCE, rtol=0)
+
+
 def test_monai_bundle_passes_monai_verification(stride1, runs):
     from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 

@@ -229,10 +229,11 @@ class TransMed(nn.Module):
         if self.pool == "cls":
             return encoded
         groups = 1 if self.pool == "mean" else self.num_modalities  # tokens are in modality order: (m g p)
-        per_group = rearrange(encoded[:, 1:], "b (m t) d -> b m t d", m=groups)
-        weights = rearrange(key_mask[:, 1:], "b (m t) -> b m t 1", m=groups).to(encoded.dtype)
+        # b (m t) d -> b m t d, spelled with unflatten: einops' rearrange fixes the batch size under torch.export
+        per_group = encoded[:, 1:].unflatten(1, (groups, -1))
+        weights = key_mask[:, 1:].unflatten(1, (groups, -1)).unsqueeze(-1).to(encoded.dtype)
         pooled = (per_group * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1)  # (B, groups, D); a missing modality: zeros
-        pooled = pooled[:, 0] if self.fuse is None else self.fuse(rearrange(pooled, "b m d -> b (m d)"))
+        pooled = pooled[:, 0] if self.fuse is None else self.fuse(pooled.flatten(1))  # b m d -> b (m d)
         return torch.cat([pooled[:, None], encoded[:, 1:]], dim=1)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
