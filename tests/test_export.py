@@ -128,16 +128,22 @@ def test_fewer_slices_than_a_group_are_refused_in_every_format(stride1, runs, mr
         check_parity(load_trained(stride1, device="cpu").model, onnx_runner(out, 3), [(x, mask)])
 
 
+def assert_program_matches(program: Path, checkpoint: Path, batch_sizes: tuple[int, ...] = (2,)) -> None:
+    """The exported program's logits equal the checkpoint's model on `study_batch` at 3 and 8 slices."""
+    module = torch.export.load(str(program)).module()
+    model = load_trained(checkpoint, device="cpu").model
+    for slices in (3, 8):
+        x, mask = study_batch(slices)
+        for b in batch_sizes:
+            with torch.no_grad():
+                torch.testing.assert_close(module(x[:b], mask[:b]), model(x[:b], mask[:b]), atol=TOLERANCE, rtol=0)
+
+
 def test_torch_export_with_stride_3_and_a_dropped_modality(stride3, runs):
     out = runs / "model.pt2"
     report = export_checkpoint(stride3, "torch-export", out)
     assert_checked(report)
-    module = torch.export.load(str(out)).module()
-    model = load_trained(stride3, device="cpu").model
-    for slices in (3, 8):
-        x, mask = study_batch(slices)
-        with torch.no_grad():
-            torch.testing.assert_close(module(x, mask), model(x, mask), atol=TOLERANCE, rtol=0)
+    assert_program_matches(out, stride3)
     assert report.files["model.pt2"] == out.stat().st_size
 
 
@@ -147,13 +153,7 @@ def test_the_shipped_pooling_recipes_export_with_dynamic_batch_and_slices(pool, 
     checkpoint = save_untrained(mrnet_root, runs, f"pool-{pool}", **{"model.pool": pool, "model.layer_scale": "1e-4"})
     out = runs / f"pool-{pool}.pt2"
     assert_checked(export_checkpoint(checkpoint, "torch-export", out))
-    module = torch.export.load(str(out)).module()
-    model = load_trained(checkpoint, device="cpu").model
-    for slices in (3, 8):
-        x, mask = study_batch(slices)
-        with torch.no_grad():
-            torch.testing.assert_close(module(x, mask), model(x, mask), atol=TOLERANCE, rtol=0)
-            torch.testing.assert_close(module(x[:1], mask[:1]), model(x[:1], mask[:1]), atol=TOLERANCE, rtol=0)
+    assert_program_matches(out, checkpoint, batch_sizes=(2, 1))
 
 
 def test_monai_bundle_passes_monai_verification(stride1, runs):

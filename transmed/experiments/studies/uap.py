@@ -101,7 +101,7 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
     split = "test" if has_split(cfg, "test") else "valid"
     common = {"norm": s["norm"], "split": split, "step": s["step"], "max_iter": int(s["max_iter"]), "delta": s["delta"]}
     common.update(early_stop=bool(s["early_stop"]), random_trials=int(s["random_trials"]))
-    results = {}
+    results, natural_zeta = {}, None
     for source in SOURCES if s["targeted"] else ("train", "natural"):
         folder = run_dir / f"uap-{source}"
         if not (folder / "uap.json").exists():  # a rerun (train.resume=auto) keeps what was measured
@@ -109,8 +109,10 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
                 run_robustness(checkpoint, zeta=float(s["zeta"]), source="train", out=folder, **common)
             else:
                 images = natural_image_folder(s, out_dir, int(cfg.seed))
-                natural_norm = mean_slice_norm(image_folder_batches(images, cfg, cfg.train.batch_size), s["norm"])
-                zeta = float(s["zeta"]) * results["train"]["settings"]["mean_input_norm"] / natural_norm  # the training UAP's budget
+                if natural_zeta is None:  # the training UAP's budget, relative to the natural images' norm (read once)
+                    natural_norm = mean_slice_norm(image_folder_batches(images, cfg, cfg.train.batch_size), s["norm"])
+                    natural_zeta = float(s["zeta"]) * results["train"]["settings"]["mean_input_norm"] / natural_norm
+                zeta = natural_zeta
                 target = "auto" if source == "targeted" else None
                 run_robustness(checkpoint, zeta=zeta, source=str(images), target=target, out=folder, **common)
         results[source] = json.loads((folder / "uap.json").read_text())
