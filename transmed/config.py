@@ -36,6 +36,7 @@ class SyntheticConfig:
     max_slices: int = 32
     seed: int = 0
     fusion: bool = False  # each task's lesion in one plane only (`transmed synthetic --fusion`), with fusion_bound.json
+    num_unlabelled: int = 0  # also write this many studies without labels in {root}/unlabelled (`--unlabelled N`)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class DataConfig:
     fold: int = 0  # which fold is the validation set
     val_fraction: Optional[float] = None  # mrnet: carve validation out of train; MRNet's valid becomes test
     split_seed: int = 0  # seeds k-fold and val_fraction splits; apart from `seed`, so repeats see the same patients
+    unlabelled_root: Optional[str] = None  # studies without labels, in data.root's format, for train.semi
     drop_modalities: list[str] = field(default_factory=list)  # inference (validation, evaluate.py) sees these as missing
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
@@ -87,6 +89,19 @@ class ModelConfig:
 
 
 @dataclass
+class SemiConfig:
+    """Learning from the studies of `data.unlabelled_root` (engine/semi.py)."""
+
+    method: str = "none"  # none | pseudo_label (confidence-thresholded self-training) | tri_net (Chen et al. 2018)
+    warmup_epochs: int = 3  # epochs on the labelled studies only (tri_net: with smeared labels) before pseudo-labelling
+    threshold: float = 0.9  # a pseudo-label needs this probability (multilabel: p >= t or p <= 1 - t per task)
+    ratio: int = 2  # pseudo-labelled studies per labelled study in each batch
+    smearing: float = 0.2  # tri_net: std of the output-smearing noise on the labels during warmup
+    dropout: float = 0.3  # tri_net: dropout on the head's input for pseudo-label editing
+    passes: int = 5  # tri_net: dropout passes a pseudo-label must survive unchanged
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 20
     batch_size: int = 4
@@ -109,6 +124,7 @@ class TrainConfig:
     # temperature scaling fitted on the validation split at the end of training (one per task, or one for all
     # classes), stored in the checkpoints' label spec and used by evaluate, predict and every export; false: T = 1
     calibrate: bool = True
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 @dataclass
@@ -140,6 +156,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.variant": ("tiny", "small", "base"),
     "model.slice_mode": ("group", "replicate"),
     "model.pool": ("cls", "mean", "modality"),
+    "train.semi.method": ("none", "pseudo_label", "tri_net"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
 
@@ -310,6 +327,13 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.backbone_lr_mult": (_at_least_0, "must be 0 (frozen stem) or more, or null"),
     "train.modality_dropout": (_fraction, "must lie in [0, 1)"),
     "train.accumulate": (lambda v: v >= 1, "must be 1 (no accumulation) or more"),
+    "data.synthetic.num_unlabelled": (_at_least_0, "must be 0 or more"),
+    "train.semi.warmup_epochs": (_at_least_0, "must be 0 or more"),
+    "train.semi.threshold": (lambda v: 0.5 <= v < 1, "must lie in [0.5, 1)"),
+    "train.semi.ratio": (_positive, "must be positive"),
+    "train.semi.smearing": (_at_least_0, "must be 0 (no smearing) or more"),
+    "train.semi.dropout": (_fraction, "must lie in [0, 1)"),
+    "train.semi.passes": (_positive, "must be positive"),
 }
 
 
@@ -333,6 +357,14 @@ def _validate_combinations(cfg: DictConfig) -> None:
             f"invalid value for config key 'data.num_slices': {cfg.data.num_slices}; must be at least {need} "
             f"(one slice group of model.slice_window), or null to keep each stack's own slice count"
         )
+    semi = cfg.train.semi
+    if semi.method != "none" and not cfg.data.unlabelled_root:
+        raise ConfigError(
+            f"train.semi.method={semi.method} needs config key 'data.unlabelled_root': a folder of studies without labels "
+            f"in data.root's format (transmed synthetic ROOT --unlabelled N writes one in ROOT/unlabelled)"
+        )
+    if semi.method == "tri_net" and not str(m.name).startswith("transmed"):
+        raise ConfigError(f"train.semi.method=tri_net puts three heads on a TransMed model; model.name={m.name} has one head")
     if syn.max_slices < syn.min_slices:
         raise ConfigError(
             f"invalid value for config key 'data.synthetic.max_slices': {syn.max_slices}; "
