@@ -58,6 +58,7 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         channels_last=m.channels_last,
         checkpoint_stem=cfg.train.checkpoint_stem,
         drop_modalities=dropped_modality_indices(cfg),
+        num_classifiers=3 if cfg.train.semi.method == "tri_net" else 1,
     )
     for key, value in fixed_arguments(m.name).items():
         if key in offered and offered[key] != value:

@@ -102,6 +102,8 @@ class TransMed(nn.Module):
             which modality a token came from, as late fusion's does).
         layer_scale: initial value of a learned per-channel scale on every residual branch (None: none);
             a small value starts each transformer block close to the identity.
+        num_classifiers: linear heads over the one shared stem and encoder; the logits are their mean.
+            Tri-net (`train.semi.method=tri_net`) trains 3, each on its own pseudo-labels; 1 otherwise.
 
     Example::
 
@@ -144,6 +146,7 @@ class TransMed(nn.Module):
         drop_modalities: Sequence[int] = (),
         pool: str = "cls",
         layer_scale: Optional[float] = None,
+        num_classifiers: int = 1,
     ) -> None:
         super().__init__()
         if variant not in VARIANTS:
@@ -167,7 +170,8 @@ class TransMed(nn.Module):
         self.encoder = Encoder(self.dim, depth if depth is not None else spec["depth"], spec["heads"], dropout, drop_path, layer_scale)
         self.fuse = nn.Linear(num_modalities * self.dim, self.dim) if pool == "modality" else None
         self.head_drop = nn.Dropout(dropout)
-        self.head = nn.Linear(self.dim, num_outputs)
+        self.num_classifiers = num_classifiers
+        self.head = nn.Linear(self.dim, num_classifiers * num_outputs)  # the classifiers side by side: (C K) outputs
 
     def _run_stem(self, images: torch.Tensor) -> torch.Tensor:
         """The stem's feature maps; with `checkpoint_stem` in training its activations are recomputed in backward."""
@@ -236,12 +240,19 @@ class TransMed(nn.Module):
         pooled = pooled[:, 0] if self.fuse is None else self.fuse(pooled.flatten(1))  # b m d -> b (m d)
         return torch.cat([pooled[:, None], encoded[:, 1:]], dim=1)
 
-    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False, classifiers: bool = False) -> torch.Tensor:
+        """Logits (B, K), the mean over the classifiers; with `classifiers` each one's (B, C, K); with
+        `pre_logits` what the heads read (B, D)."""
         cls = self.head_drop(features[:, 0])
-        return cls if pre_logits else self.head(cls)
+        return cls if pre_logits else self.classify(cls, classifiers)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x, mask))
+    def classify(self, pre_logits: torch.Tensor, classifiers: bool = False) -> torch.Tensor:
+        """The heads on `forward_head(..., pre_logits=True)`'s output: (B, K), or per classifier (B, C, K)."""
+        logits = self.head(pre_logits).unflatten(-1, (self.num_classifiers, self.num_outputs))  # b (c k) -> b c k
+        return logits if classifiers else logits.mean(dim=-2)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None, classifiers: bool = False) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, mask), classifiers=classifiers)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,144 @@
+"""Learning from unlabelled studies (`train.semi`): the loss, the targets, the batches and the pseudo-label rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transmed.core.labels import LabelSpec
+from transmed.engine import semi
+from transmed.engine.semi import SemiBatchSampler, SemiLoss, labelled_targets, pseudo_labels
+
+KNEE = LabelSpec("multilabel", ("abnormal", "acl", "meniscus"))
+PAROTID = LabelSpec("multiclass", ("a", "b", "c", "d"))
+
+
+def test_semi_loss_equals_the_labelled_criterion_when_every_entry_is_known():
+    torch.manual_seed(0)
+    logits, y = torch.randn(5, 3), (torch.rand(5, 3) > 0.5).float()
+    bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0, 2.0, 3.0]))
+    ours = SemiLoss(KNEE, bce)(logits[:, None], y[:, None])
+    assert torch.allclose(ours, bce(logits, y), atol=1e-6)
+
+    logits, classes = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 1, 0])
+    ce = nn.CrossEntropyLoss(weight=torch.tensor([0.5, 1.0, 2.0, 1.5]))
+    onehot = torch.eye(4)[classes]
+    assert torch.allclose(SemiLoss(PAROTID, ce)(logits[:, None], onehot[:, None]), ce(logits, classes), atol=1e-6)
+
+
+def test_semi_loss_ignores_unknown_entries_and_their_gradient():
+    logits = torch.randn(2, 3, 3, requires_grad=True)
+    target = torch.full((2, 3, 3), float("nan"))
+    target[0, 1] = torch.tensor([1.0, 0.0, 1.0])
+    loss = SemiLoss(KNEE, nn.BCEWithLogitsLoss())(logits, target)
+    loss.backward()
+    expected = nn.functional.binary_cross_entropy_with_logits(logits[0, 1], target[0, 1])
+    assert torch.allclose(loss, expected)
+    grad = logits.grad.clone()
+    grad[0, 1] = 0
+    assert torch.all(grad == 0)  # nothing flows from NaN entries
+
+    rows = torch.full((2, 3, 4), float("nan"))
+    rows[1, 2] = torch.eye(4)[3]
+    loss = SemiLoss(PAROTID, nn.CrossEntropyLoss())(logits.detach()[..., :1].expand(2, 3, 4).contiguous(), rows)
+    assert torch.isfinite(loss) and torch.allclose(loss, torch.log(torch.tensor(4.0)))  # equal logits: ln 4
+
+
+def test_output_smearing_gives_each_classifier_its_own_targets():
+    labels = np.array([[1, 0, 1], [0, 0, 1]], dtype=np.float32)
+    plain = labelled_targets(labels, KNEE, 3)
+    assert plain.shape == (2, 3, 3) and np.array_equal(plain[:, 2], labels)
+    smeared = labelled_targets(labels, KNEE, 3, smearing=0.2, seed=4)
+    assert np.array_equal(smeared, labelled_targets(labels, KNEE, 3, smearing=0.2, seed=4))  # fixed by the seed
+    assert not np.allclose(smeared[:, 0], smeared[:, 1])
+    assert smeared.min() >= 0 and smeared.max() <= 1
+    assert np.all(np.abs(smeared - plain) < 1)  # moved towards the other label, never past it
+
+    classes = np.array([2, 0, 3])
+    soft = labelled_targets(classes, PAROTID, 3, smearing=0.2, seed=1)
+    assert np.allclose(soft.sum(-1), 1) and np.array_equal(labelled_targets(classes, PAROTID, 1)[:, 0].argmax(-1), classes)
+
+
+def test_batches_hold_each_labelled_study_once_and_the_pseudo_labelled_at_the_ratio():
+    pool = np.arange(10, 16)  # six pseudo-labelled studies after ten labelled ones
+    batches = list(SemiBatchSampler(10, pool, batch_size=4, ratio=2, seed=3))
+    assert len(batches) == len(SemiBatchSampler(10, pool, 4, 2, 3)) == 3
+    labelled = [i for batch in batches for i in batch if i < 10]
+    assert sorted(labelled) == list(range(10))
+    assert [sum(i >= 10 for i in batch) for batch in batches] == [8, 8, 4]
+    assert all(i in pool for batch in batches for i in batch if i >= 10)
+    assert [len(b) for b in SemiBatchSampler(10, np.array([], dtype=int), 4, 2, 3)] == [4, 4, 2]  # no pool: labelled only
+
+    shards = [list(SemiBatchSampler(10, pool, 4, 2, seed=3, rank=r, world=3)) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1  # every rank runs as many batches
+    assert set().union(*({i for b in s for i in b if i < 10} for s in shards)) == set(range(10))
+
+
+class _Heads(nn.Module):
+    """What `pseudo_labels` reads of a model: its heads (C classifiers x K outputs side by side)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.num_classifiers, self.num_outputs = weight.shape[0], weight.shape[1]
+        self.head = nn.Linear(weight.shape[2], weight.shape[0] * weight.shape[1])
+        with torch.no_grad():
+            self.head.weight.copy_(weight.flatten(0, 1))
+            self.head.bias.copy_(bias.flatten())
+
+
+def _run(monkeypatch, model, features, method, truth=None, **settings):
+    from transmed.config import load_config
+
+    monkeypatch.setattr(semi, "pre_logits", lambda *a, **k: ([f"{i:04d}" for i in range(len(features))], features))
+    cfg = load_config(None, ["data.unlabelled_root=u", f"train.semi.method={method}", *(f"train.semi.{k}={v}" for k, v in settings.items())])
+    return pseudo_labels(model, None, KNEE if model.num_outputs == 3 else PAROTID, torch.device("cpu"), cfg, epoch=5, truth=truth)
+
+
+def test_pseudo_label_keeps_confident_entries_only(monkeypatch):
+    bias = torch.tensor([[4.0, -4.0, 0.5]])  # confident yes, confident no, unsure
+    model = _Heads(torch.zeros(1, 3, 2), bias)
+    truth = {"0000": np.array([1, 1, 0], dtype=np.float32), "0001": np.array([1, 0, 0], dtype=np.float32)}
+    targets, record = _run(monkeypatch, model, torch.randn(2, 2), "pseudo_label", truth)
+    assert np.array_equal(targets[:, 0, :2], [[1, 0], [1, 0]]) and np.isnan(targets[:, 0, 2]).all()
+    assert (record.pseudo_labelled, record.entries, record.correct, record.edited) == (2, 4, 3, 0)
+    assert record.metrics()["semi/accuracy"] == 0.75
+
+
+def test_tri_net_labels_for_the_third_where_two_agree_confidently(monkeypatch):
+    bias = torch.tensor(
+        [
+            [4.0, 4.0, -4.0],  # classifier 0
+            [4.0, -4.0, -4.0],  # classifier 1
+            [4.0, 4.0, 0.0],  # classifier 2: unsure of meniscus
+        ]
+    )
+    model = _Heads(torch.zeros(3, 3, 2), bias)  # bias only: dropout cannot move them
+    targets, record = _run(monkeypatch, model, torch.randn(1, 2), "tri_net")
+    nan = float("nan")
+    expected = np.array([[[1, nan, nan], [1, 1, nan], [1, nan, 0]]])  # rows: what the other two agreed on
+    assert np.array_equal(targets, expected, equal_nan=True)
+    assert record.per_classifier == [1, 1, 1] and record.edited == 0 and record.entries == 5
+
+
+def test_tri_net_edits_out_pseudo_labels_that_dropout_flips(monkeypatch):
+    weight = torch.zeros(3, 3, 2)
+    weight[:, 0] = torch.tensor([1.0, 1.0])  # abnormal: 10 - 7 = 3 (confident), but dropping feature 0 gives -10
+    bias = torch.tensor([[0.0, -4.0, -4.0]]).expand(3, 3)  # acl, meniscus: confident no, stable
+    features = torch.tensor([[10.0, -7.0]])
+    targets, record = _run(monkeypatch, _Heads(weight, bias), features, "tri_net", passes=20, dropout=0.3)
+    assert np.isnan(targets[0, :, 0]).all()  # abnormal: unstable for every pair, edited out
+    assert np.array_equal(targets[0, :, 1:], np.zeros((3, 2)))
+    assert record.pseudo_labelled == 1 and record.edited == 0  # the study kept its stable entries
+
+    targets, record = _run(monkeypatch, _Heads(weight, torch.zeros(3, 3)), features, "tri_net", passes=20, dropout=0.3)
+    assert np.isnan(targets).all() and record.edited == 1 and record.pseudo_labelled == 0
+
+
+def test_multiclass_pseudo_labels_are_whole_rows(monkeypatch):
+    bias = torch.tensor([[0.0, 6.0, 0.0, 0.0], [0.0, 6.0, 0.0, 0.0], [0.0, 0.0, 6.0, 0.0]])
+    targets, record = _run(monkeypatch, _Heads(torch.zeros(3, 4, 2), bias), torch.randn(2, 2), "tri_net", truth={"0000": 1, "0001": 2})
+    assert np.isnan(targets[:, :2]).all()  # classifiers 0 and 1: the others (1 or 0, and 2) disagree
+    assert np.array_equal(targets[:, 2], np.eye(4)[[1, 1]])
+    assert (record.entries, record.correct) == (2, 1)
