@@ -3,6 +3,9 @@
 Bad studies are found when the dataset is built, not halfway through an epoch: `build_dataset`
 runs the deterministic preprocessing of every study up front (which also fills the cache). Under
 `data.on_error=skip` the failures are left out and listed in the dataset's `skipped`.
+
+Studies without labels (`data.unlabelled_root`, for `train.semi`) go through the same path:
+`read_unlabelled_manifest` and `build_unlabelled_dataset`, the split named `UNLABELLED`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 import monai
+import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
@@ -24,19 +28,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Sampler
 
 from ..config import min_slices_for
-from ..core.errors import DataError
+from ..core.errors import ConfigError, DataError
 from ..core.labels import LabelSpec
 from ..core.progress import progress
 from .augment import RandAugmentd, augment_where
 from .collate import pad_collate
-from .mrnet import read_mrnet
-from .nifti import class_names, nifti_preprocess, read_labels, read_nifti_manifest
+from .mrnet import read_mrnet, read_mrnet_unlabelled
+from .nifti import class_names, label_index, nifti_preprocess, read_labels, read_nifti_manifest, read_nifti_unlabelled
 from .screening import OnError, catch_study_error
-from .synthesis import MARKER, generate_mrnet
+from .synthesis import MARKER, TRUTH_FILE, UNLABELLED_DIR, generate_mrnet
 from .transforms import CompactStacksd, mrnet_preprocess
 
 PREPROCESSING_VERSION = 2  # part of the cache key: bump when a transform's output changes for the same settings
 # 2: stacks cached in `data.cache_dtype` (uint8 / float16 under auto), no longer always float32
+UNLABELLED = "unlabelled"  # the split name of `data.unlabelled_root`'s studies (progress bars, messages)
 
 
 class Manifest(list):
@@ -58,7 +63,7 @@ def label_spec(cfg: DictConfig) -> LabelSpec:
 def ensure_synthetic(cfg: DictConfig) -> None:
     """`data.format: synthetic` writes the dataset into `data.root` once, then reads it as MRNet."""
     root, s = Path(cfg.data.root), cfg.data.synthetic
-    keys = ("num_train", "num_valid", "image_size", "min_slices", "max_slices", "seed", "fusion")
+    keys = ("num_train", "num_valid", "image_size", "min_slices", "max_slices", "seed", "fusion", "num_unlabelled")
     wanted = {"format": "mrnet", **{key: s[key] for key in keys}}
     marker = root / MARKER
     if marker.is_file():
@@ -66,7 +71,7 @@ def ensure_synthetic(cfg: DictConfig) -> None:
             made = json.loads(marker.read_text())
         except json.JSONDecodeError:
             made = {}
-        made = {"fusion": False, **made} if made else made  # the marker records fusion only when it is on
+        made = {"fusion": False, "num_unlabelled": 0, **made} if made else made  # recorded only when on / not 0
         changed = [f"{key}={made.get(key)} (config: {value})" for key, value in wanted.items() if made.get(key) != value]
         if changed:
             what = f"made with other settings: {', '.join(changed)}" if made else "without recorded settings (an earlier version)"
@@ -80,8 +85,11 @@ def ensure_synthetic(cfg: DictConfig) -> None:
             f"refusing to write into it: delete it or point data.root elsewhere"
         )
     kind = "fusion-needing " if s.fusion else ""
-    print(f"generating synthetic {kind}MRNet-layout data in {root} ({s.num_train} train, {s.num_valid} valid studies)")
-    generate_mrnet(root, s.num_train, s.num_valid, s.image_size, s.min_slices, s.max_slices, s.seed, fusion=s.fusion)
+    unlabelled = f", {s.num_unlabelled} unlabelled in {root / UNLABELLED_DIR}" if s.num_unlabelled else ""
+    print(f"generating synthetic {kind}MRNet-layout data in {root} ({s.num_train} train, {s.num_valid} valid studies{unlabelled})")
+    generate_mrnet(
+        root, s.num_train, s.num_valid, s.image_size, s.min_slices, s.max_slices, s.seed, fusion=s.fusion, num_unlabelled=s.num_unlabelled
+    )
 
 
 def read_manifest(cfg: DictConfig, split: str) -> Manifest:
@@ -98,6 +106,56 @@ def read_manifest(cfg: DictConfig, split: str) -> Manifest:
     else:
         raise DataError(f"data.format {d.format!r} has no reader")
     return Manifest(items, on_error.skipped)
+
+
+def read_unlabelled_manifest(cfg: DictConfig) -> Manifest:
+    """Study dicts of `data.unlabelled_root` (id, one file per modality, a placeholder label: NaN per
+    task for the knee formats, `nifti.UNLABELLED` for nifti), in `data.format`'s layout without labels."""
+    d, on_error = cfg.data, OnError(cfg.data.on_error)
+    if not d.unlabelled_root:
+        raise ConfigError("config key 'data.unlabelled_root' is not set: give the folder of studies without labels, in data.root's format")
+    root = Path(d.unlabelled_root)
+    if d.format == "synthetic":
+        ensure_synthetic(cfg)
+        if not root.exists() and not d.synthetic.num_unlabelled:
+            raise DataError(
+                f"data.unlabelled_root not found: {root}; with data.format=synthetic, data.synthetic.num_unlabelled=N writes "
+                f"N unlabelled studies into {Path(d.root) / UNLABELLED_DIR} (into a new data.root: an existing set is not extended)"
+            )
+    if d.format == "nifti":
+        items = read_nifti_unlabelled(root, list(d.modalities), d.label_column, on_error)
+    elif d.format in ("mrnet", "synthetic"):
+        items = read_mrnet_unlabelled(root, list(d.modalities), list(d.tasks), on_error)
+    else:
+        raise DataError(f"data.format {d.format!r} has no reader")
+    return Manifest(items, on_error.skipped)
+
+
+def read_truth(folder: str | Path, spec: LabelSpec) -> Optional[dict[str, np.ndarray | int]]:
+    """The generator's labels of unlabelled synthetic studies (`synthesis.TRUTH_FILE`), encoded as the labelled
+    items' are (multilabel: float32 per task of `spec`; multiclass: the index into its classes); None without the file.
+
+    Only for scoring pseudo-labels: nothing may train on it, or the studies are not unlabelled.
+    """
+    path = Path(folder) / TRUTH_FILE
+    if not path.is_file():
+        return None
+    try:
+        labels = json.loads(path.read_text())["labels"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"cannot read {path}: {err}; it is the synthetic generator's, delete it (or regenerate the folder)") from None
+    return {sid: _truth_label(label, spec, path) for sid, label in labels.items()}
+
+
+def _truth_label(label: object, spec: LabelSpec, path: Path) -> np.ndarray | int:
+    if spec.kind == "multilabel":
+        if not isinstance(label, dict) or any(task not in label for task in spec.names):
+            raise DataError(f"{path}: label {label!r} does not give every task of data.tasks {list(spec.names)}")
+        return np.array([label[task] for task in spec.names], dtype=np.float32)
+    index = label_index(str(label), spec.names)
+    if index is None:
+        raise DataError(f"{path}: label {label!r} is not one of the classes {list(spec.names)}")
+    return index
 
 
 def preprocessing(cfg: DictConfig) -> Compose:
@@ -261,12 +319,33 @@ def build_dataset(
             ds = make(good)
     ds.skipped = [*getattr(manifest, "skipped", []), *on_error.skipped]
     if len(ds) == 0:
-        first = ds.skipped[0] if ds.skipped else None
-        left = f"; data.on_error=skip left out {len(ds.skipped)} (first: study {first['id']}: {first['reason']})" if first else ""
-        raise DataError(
-            f"the {split} split of {cfg.data.root} has no usable studies{left}; check data.root, the label files and the split "
-            f"settings (labels.csv's split/fold column, data.val_fraction, data.fold)"
-        )
+        raise DataError(_no_usable_studies(cfg, split, ds.skipped))
+    return ds
+
+
+def _no_usable_studies(cfg: DictConfig, split: str, skipped: list[dict]) -> str:
+    first = skipped[0] if skipped else None
+    left = f"; data.on_error=skip left out {len(skipped)} (first: study {first['id']}: {first['reason']})" if first else ""
+    if split == UNLABELLED:
+        return f"data.unlabelled_root {cfg.data.unlabelled_root} has no usable studies{left}; fix or remove those studies"
+    return (
+        f"the {split} split of {cfg.data.root} has no usable studies{left}; check data.root, the label files and the split "
+        f"settings (labels.csv's split/fold column, data.val_fraction, data.fold)"
+    )
+
+
+def build_unlabelled_dataset(cfg: DictConfig, train: bool, show_progress: bool = True) -> Dataset:
+    """`build_dataset` for the studies of `data.unlabelled_root`: the same preprocessing, cache, screening
+    (`data.on_error`) and, with `train`, augmentation; labels are placeholders (`read_unlabelled_manifest`).
+
+    The dataset's `truth` is `read_truth`'s: the true label per study id where the folder is a synthetic
+    generator's (it wrote `synthetic_truth.json`), else None. It is there only to score pseudo-labels;
+    training never reads it.
+    """
+    manifest = read_unlabelled_manifest(cfg)  # first: it writes a synthetic set, truth included
+    truth = read_truth(cfg.data.unlabelled_root, label_spec(cfg))
+    ds = build_dataset(cfg, UNLABELLED, train, manifest=manifest, show_progress=show_progress)
+    ds.truth = truth
     return ds
 
 

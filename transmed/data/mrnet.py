@@ -1,4 +1,7 @@
-"""MRNet-v1.0 layout: `{root}/{split}/{plane}/NNNN.npy` and `{root}/{split}-{task}.csv` (`NNNN,label`, no header)."""
+"""MRNet-v1.0 layout: `{root}/{split}/{plane}/NNNN.npy` and `{root}/{split}-{task}.csv` (`NNNN,label`, no header).
+
+Studies without labels (`data.unlabelled_root`, `read_mrnet_unlabelled`): `{root}/train/{plane}/NNNN.npy`, no label files.
+"""
 
 from __future__ import annotations
 
@@ -123,3 +126,72 @@ def read_mrnet(
     ids = [item["id"] for item in manifest]
     held_out = stratified_holdout(ids, ["".join(str(int(v)) for v in item["label"]) for item in manifest], val_fraction, seed)
     return [item for item in manifest if (item["id"] in held_out) == (split == "valid")]
+
+
+def _holds_nifti_patients(root: Path) -> bool:
+    """Whether `root` looks like the nifti layout: labels.csv, or a folder holding .nii/.nii.gz files."""
+    if (root / "labels.csv").is_file():
+        return True
+    folders = (p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return any(f.name.endswith((".nii", ".nii.gz")) for folder in folders for f in folder.iterdir())
+
+
+def _check_unlabelled_folder(root: Path, planes: Sequence[str]) -> None:
+    """One clear `DataError` for a folder that is not MRNet studies without labels."""
+    label_files = sorted(p.name for pattern in ("train-*.csv", "valid-*.csv") for p in root.glob(pattern))
+    if label_files:
+        raise DataError(
+            f"data.unlabelled_root {root} holds label files ({', '.join(label_files)}), so it is labelled data; "
+            f"point data.unlabelled_root at studies without labels (train/{{plane}}/NNNN.npy only) or move the label files out"
+        )
+    if not (root / "train").is_dir():
+        if _holds_nifti_patients(root):
+            raise DataError(
+                f"data.unlabelled_root {root} holds patient folders of NIfTI files (the nifti layout) but data.format is mrnet; "
+                f"point it at a folder in the MRNet layout ({root}/train/{{plane}}/NNNN.npy) or set data.format=nifti"
+            )
+        held = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+        raise DataError(
+            f"data.unlabelled_root {root} has no train/ folder (it holds {held or 'nothing'}); studies without labels in the "
+            f"MRNet layout are {root}/train/{{plane}}/NNNN.npy for the planes of data.modalities {list(planes)}"
+        )
+    absent = [plane for plane in planes if not (root / "train" / plane).is_dir()]
+    if absent:
+        present = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        raise DataError(
+            f"data.unlabelled_root has no folder {root / 'train' / absent[0]} for the plane '{absent[0]}' of data.modalities; "
+            f"{root / 'train'} holds the planes {present or 'none'}: the unlabelled studies need every plane of data.modalities"
+        )
+
+
+def read_mrnet_unlabelled(
+    root: str | Path, planes: Sequence[str], tasks: Sequence[str], on_error: Optional[OnError] = None
+) -> list[dict]:
+    """One dict per exam of `{root}/train/{plane}/NNNN.npy` (no label files): `id` (the file name),
+    one `.npy` path per plane, and `label`: NaN per task, a placeholder of the labelled items' shape
+    and type (so batches collate), never a training target.
+
+    An exam without a file for every plane is a `StudyError`, raised or (skip) recorded by `on_error`.
+    """
+    on_error = on_error or OnError()
+    root = Path(root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
+        raise DataError(
+            f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as "
+            f"train/{{plane}}/NNNN.npy"
+        )
+    _check_unlabelled_folder(root, planes)
+    ids = sorted({path.stem for plane in planes for path in (root / "train" / plane).glob("*.npy")})
+    if not ids:
+        raise DataError(f"data.unlabelled_root {root} holds no studies: no .npy files in train/{{{','.join(planes)}}}/")
+    manifest = []
+    for sid in ids:
+        paths = {plane: root / "train" / plane / f"{sid}.npy" for plane in planes}
+        missing = [plane for plane, path in paths.items() if not path.is_file()]
+        if missing:
+            on_error(StudyError(sid, f"missing {missing[0]} file (an unlabelled study needs one per plane)", str(paths[missing[0]])))
+            continue
+        label = np.full(len(tasks), np.nan, dtype=np.float32)
+        manifest.append({"id": sid, **{plane: str(path) for plane, path in paths.items()}, "label": label})
+    return manifest

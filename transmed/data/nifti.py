@@ -3,7 +3,11 @@
 Layout: `{root}/labels.csv` with `patient_id`, a label column and optionally `split`
 (train/valid/test) or `fold`; `{root}/{patient_id}/{modality}.nii.gz` (or `.nii`, or a folder of
 DICOM files) for each modality. Without a `split` column, validation is one fold: the `fold`
-column's, or a seeded stratified k-fold by patient.
+column's, or a seeded stratified k-fold by patient. A folder `unlabelled/` that labels.csv does not
+list is no patient: `transmed synthetic --unlabelled` keeps the studies without labels there.
+
+Studies without labels (`data.unlabelled_root`, `read_nifti_unlabelled`) are the same patient
+folders, beside no labels.csv or one that lists `patient_id` only.
 
 Preprocessing puts every sequence of a study on one grid (the first modality's, or that grid at
 `data.spacing`), so a physical point sits at the same slice and pixel in every modality.
@@ -33,10 +37,12 @@ from monai.transforms import (
 from ..core.errors import DataError, StudyError
 from .screening import OnError
 from .splits import stratified_folds
+from .synthesis import UNLABELLED_DIR
 from .transforms import CheckStudyd, LoadStudyd, PadToSquared, finalize
 
 LABELS_FILE = "labels.csv"
 SPLITS = ("train", "valid", "test")
+UNLABELLED = -1  # the label of a study without one (a class index no class has); never a training target
 PERCENTILES = (0.5, 99.9)  # per-sequence intensity window to [0, 1]; a higher top keeps a small bright lesion unsaturated
 
 
@@ -49,14 +55,25 @@ def read_labels(root: str | Path, label_column: str) -> pd.DataFrame:
         raise DataError(f"data root not found: {root}{where}; set data.root to the folder holding {LABELS_FILE} and one folder per patient")
     if not path.is_file():
         raise DataError(f"label file not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
-    except Exception as err:  # noqa: BLE001 - pandas raises several types for a bad CSV
-        raise DataError(f"cannot read {path}: {err}; it needs a header row (patient_id,label[,split]) and one row per patient") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = _read_table(path, "patient_id,label[,split]")
     missing = [c for c in ("patient_id", label_column) if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks the column(s) {missing} (has {list(frame.columns)}); the label column is data.label_column")
+    return _with_lines(frame, path)
+
+
+def _read_table(path: Path, header: str) -> pd.DataFrame:
+    """A CSV file as strings, column names stripped; `header` describes the expected columns for the error message."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except Exception as err:  # noqa: BLE001 - pandas raises several types for a bad CSV
+        raise DataError(f"cannot read {path}: {err}; it needs a header row ({header}) and one row per patient") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _with_lines(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Values stripped, the file line number per row (`line`); an empty patient_id is an error."""
     frame = frame.apply(lambda col: col.str.strip())
     frame["line"] = frame.index + 2  # line 1 is the header
     if (frame["patient_id"] == "").any():
@@ -168,8 +185,8 @@ def read_nifti_manifest(
             labels[pid] = index
 
     listed = set(frame["patient_id"])
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if folder.name not in listed:
+    for folder in _patient_folders(root):
+        if folder.name not in listed and folder.name != UNLABELLED_DIR:
             on_error(StudyError(folder.name, f"has files but no row in {LABELS_FILE}", str(folder)))
 
     splits = _assign_splits(frame, labels, num_folds, fold, seed, on_error, source)
@@ -181,21 +198,108 @@ def read_nifti_manifest(
         if not folder.is_dir():
             on_error(StudyError(pid, f"is labelled in {LABELS_FILE} but has no folder of files", str(folder)))
             continue
-        item: dict = {"id": pid}
-        for modality in modalities:
-            found = modality_file(folder, modality)
-            if len(found) != 1:
-                reason = (
-                    f"missing {modality} file (expected {modality}.nii.gz, {modality}.nii or a {modality}/ DICOM folder)"
-                    if not found
-                    else f"{modality} is ambiguous: {[p.name for p in found]}; keep one"
-                )
-                on_error(StudyError(pid, reason, str(found[0] if found else folder / f"{modality}.nii.gz")))
-                break
-            item[modality] = str(found[0])
-        else:
-            item["label"] = labels[pid]
-            manifest.append(item)
+        files = _study_files(pid, folder, modalities, on_error)
+        if files is not None:
+            manifest.append({"id": pid, **files, "label": labels[pid]})
+    return manifest
+
+
+def _study_files(pid: str, folder: Path, modalities: Sequence[str], on_error: OnError) -> Optional[dict[str, str]]:
+    """One path per modality of a patient's folder; None (after `on_error`) when one is missing or ambiguous."""
+    files = {}
+    for modality in modalities:
+        found = modality_file(folder, modality)
+        if len(found) != 1:
+            reason = (
+                f"missing {modality} file (expected {modality}.nii.gz, {modality}.nii or a {modality}/ DICOM folder)"
+                if not found
+                else f"{modality} is ambiguous: {[p.name for p in found]}; keep one"
+            )
+            on_error(StudyError(pid, reason, str(found[0] if found else folder / f"{modality}.nii.gz")))
+            return None
+        files[modality] = str(found[0])
+    return files
+
+
+def _patient_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _unlabelled_ids(root: Path, label_column: str) -> list[str]:
+    """The patients of an unlabelled folder: those labels.csv lists, or without it every folder.
+
+    A labels.csv that holds labels (a non-empty `label_column`) is a `DataError`: the folder is labelled data.
+    """
+    path = root / LABELS_FILE
+    if not path.is_file():
+        return [folder.name for folder in _patient_folders(root)]
+    frame = _read_table(path, "patient_id")
+    if "patient_id" not in frame.columns:
+        raise DataError(
+            f"{path} lacks the column patient_id (has {list(frame.columns)}); an unlabelled folder's {LABELS_FILE} lists patient ids"
+        )
+    frame = _with_lines(frame, path)
+    if label_column in frame.columns and (frame[label_column] != "").any():
+        first = frame[frame[label_column] != ""].iloc[0]
+        raise DataError(
+            f"data.unlabelled_root {root} holds labels: column {label_column!r} of {LABELS_FILE} has values "
+            f"(line {first['line']}: {first[label_column]!r}); point data.unlabelled_root at studies without labels, "
+            f"or remove that column"
+        )
+    return list(dict.fromkeys(frame["patient_id"]))
+
+
+def _holds_mrnet_planes(root: Path) -> bool:
+    """Whether `root` looks like the MRNet layout: train/ holding folders of .npy files."""
+    train = root / "train"
+    return train.is_dir() and any(any(plane.glob("*.npy")) for plane in train.iterdir() if plane.is_dir())
+
+
+def read_nifti_unlabelled(
+    root: str | Path, modalities: Sequence[str], label_column: str = "label", on_error: Optional[OnError] = None
+) -> list[dict]:
+    """One dict per patient of a folder without labels: `id`, one path per modality, and `label`:
+    `UNLABELLED`, a placeholder of the labelled items' type (so batches collate), never a training target.
+
+    Patients: those `labels.csv` lists (it may hold `patient_id` only, or an empty label column), or
+    without it every folder. A listed patient without a folder, and a missing or ambiguous modality
+    file, are `StudyError`s that `on_error` raises or records.
+    """
+    on_error = on_error or OnError()
+    root = Path(root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
+        raise DataError(
+            f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as "
+            f"{{patient_id}}/{{modality}}.nii.gz"
+        )
+    if _holds_mrnet_planes(root):
+        raise DataError(
+            f"data.unlabelled_root {root} holds train/{{plane}} folders of .npy files (the MRNet layout) but data.format is nifti; "
+            f"point it at patient folders ({root}/{{patient_id}}/{{modality}}.nii.gz) or set data.format=mrnet"
+        )
+    ids = _unlabelled_ids(root, label_column)
+    if not ids:
+        found = f"its {LABELS_FILE} lists no patients" if (root / LABELS_FILE).is_file() else "no patient folders"
+        raise DataError(f"data.unlabelled_root {root} holds no studies: {found} ({root}/{{patient_id}}/{{modality}}.nii.gz)")
+    folders = [root / pid for pid in ids if (root / pid).is_dir()]
+    for modality in modalities:
+        if folders and not any(modality_file(folder, modality) for folder in folders):
+            held = sorted({p.name for folder in folders for p in folder.iterdir() if not p.name.startswith(".")})
+            raise DataError(
+                f"no patient folder in data.unlabelled_root {root} has a {modality} file ({modality}.nii.gz, {modality}.nii or a "
+                f"{modality}/ DICOM folder) for the modality '{modality}' of data.modalities; they hold {held[:8]}: "
+                f"the unlabelled studies need every modality of data.modalities"
+            )
+    manifest = []
+    for pid in ids:
+        folder = root / pid
+        if not folder.is_dir():
+            on_error(StudyError(pid, f"is listed in {LABELS_FILE} but has no folder of files", str(folder)))
+            continue
+        files = _study_files(pid, folder, modalities, on_error)
+        if files is not None:
+            manifest.append({"id": pid, **files, "label": UNLABELLED})
     return manifest
 
 

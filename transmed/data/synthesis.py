@@ -29,12 +29,21 @@ With `fusion=True` both generators write sets whose labels no single modality ca
   (n_other + n_mate), 5/6 with balanced classes, the macro AUC bound for T1 and for T2 alike.
 The bounds are computed on the written labels of every split (a split's exact value) and for the
 population; a real model can only do worse.
+
+With `num_unlabelled=N` both generators also write N studies of the same distribution (and the
+same `fusion` setting) without labels into `{root}/unlabelled/`, in the same layout (MRNet:
+`unlabelled/train/{plane}/NNNN.npy`, no label files; NIfTI: `unlabelled/{pid}/{T1,T2}.nii.gz`, no
+labels.csv), for `data.unlabelled_root`. Their ids continue the labelled ones', and they draw from
+their own random stream, so the labelled studies are the same whatever N is. The generator's
+labels of them are in `unlabelled/synthetic_truth.json` (`TRUTH_FILE`), which is read only to
+score pseudo-labels, never to train.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +57,13 @@ PLANES = ("sagittal", "coronal", "axial")
 TASKS = ("abnormal", "acl", "meniscus")
 _GRID = 64  # resolution of the underlying 3D volume
 MARKER = "SYNTHETIC"  # written last by generate_mrnet: the settings it was made with (JSON)
+UNLABELLED_DIR = "unlabelled"  # {root}/unlabelled/: the studies written without labels (`num_unlabelled`)
+TRUTH_FILE = "synthetic_truth.json"  # in UNLABELLED_DIR: the generator's labels of those studies
+TRUTH_NOTE = (
+    "the synthetic generator's true labels of these unlabelled studies; TransMed reads this file only to score "
+    "pseudo-labels, never to train"
+)
+UNLABELLED_STREAM = 0x756E6C62  # with the seed, the unlabelled studies' own random stream, apart from the labelled ones'
 
 
 def _blob(shape: tuple[int, int, int], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -146,13 +162,17 @@ def generate_mrnet(
     max_slices: int = 32,
     seed: int = 0,
     fusion: bool = False,
+    num_unlabelled: int = 0,
 ) -> Path:
     """Writes `{root}/{train,valid}/{plane}/NNNN.npy` (uint8, (s, size, size)) and `{split}-{task}.csv`.
 
     `fusion`: each task's lesion in one plane only, and `fusion_bound.json` (see the module docstring).
+    `num_unlabelled`: also `{root}/unlabelled/train/{plane}/NNNN.npy` and `unlabelled/synthetic_truth.json`
+    (`{"note": ..., "labels": {id: {task: 0 or 1}}}`); the marker records it when it is not 0.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
+    write = partial(_write_knee, fusion=fusion, image_size=image_size, min_slices=min_slices, max_slices=max_slices)
     study = 0
     all_labels: dict[str, np.ndarray] = {}
     for split, count in (("train", num_train), ("valid", num_valid)):
@@ -161,15 +181,7 @@ def generate_mrnet(
         rows: dict[str, list[tuple[str, int]]] = {task: [] for task in TASKS}
         for _ in progress(range(count), desc=f"generate synthetic {split}", unit="studies"):
             sid = f"{study:04d}"
-            if fusion:
-                labels = _sample_fusion_labels(rng)
-                volumes = fusion_volumes(rng, labels)
-            else:
-                labels = _sample_labels(rng)
-                volumes = dict.fromkeys(PLANES, synthetic_volume(rng, labels))
-            for axis, plane in ((2, "sagittal"), (1, "coronal"), (0, "axial")):
-                s = int(rng.integers(min_slices, max_slices + 1))
-                np.save(root / split / plane / f"{sid}.npy", _stack(volumes[plane], axis, s, image_size))
+            labels = write(root / split, sid, rng)
             for task in TASKS:
                 rows[task].append((sid, labels[task]))
             study += 1
@@ -183,8 +195,38 @@ def generate_mrnet(
     if fusion:
         _write_json(root / BOUND_FILE, knee_fusion_bound(all_labels))
         settings["fusion"] = True
+    if num_unlabelled:
+        folder, rng = root / UNLABELLED_DIR, _unlabelled_rng(seed)
+        for plane in PLANES:
+            (folder / "train" / plane).mkdir(parents=True, exist_ok=True)
+        truth = {}
+        for index in progress(range(num_unlabelled), desc="generate synthetic unlabelled", unit="studies"):
+            sid = f"{study + index:04d}"
+            labels = write(folder / "train", sid, rng)
+            truth[sid] = {task: labels[task] for task in TASKS}
+        _write_json(folder / TRUTH_FILE, {"note": TRUTH_NOTE, "labels": truth})
+        settings["num_unlabelled"] = num_unlabelled
     (root / MARKER).write_text(json.dumps({"format": "mrnet", **settings}, indent=2) + "\n")  # last: marks a complete set
     return root
+
+
+def _write_knee(folder: Path, sid: str, rng: np.random.Generator, fusion: bool, image_size: int, min_slices: int, max_slices: int) -> dict:
+    """One knee study, `{folder}/{plane}/{sid}.npy` per plane; returns its labels (task -> 0 or 1)."""
+    if fusion:
+        labels = _sample_fusion_labels(rng)
+        volumes = fusion_volumes(rng, labels)
+    else:
+        labels = _sample_labels(rng)
+        volumes = dict.fromkeys(PLANES, synthetic_volume(rng, labels))
+    for axis, plane in ((2, "sagittal"), (1, "coronal"), (0, "axial")):
+        s = int(rng.integers(min_slices, max_slices + 1))
+        np.save(folder / plane / f"{sid}.npy", _stack(volumes[plane], axis, s, image_size))
+    return labels
+
+
+def _unlabelled_rng(seed: int) -> np.random.Generator:
+    """The unlabelled studies' generator: seeded apart from `default_rng(seed)` (and the children it spawns)."""
+    return np.random.default_rng([seed, UNLABELLED_STREAM])
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -306,11 +348,15 @@ def write_sequence(path: Path, signal: np.ndarray, affine: np.ndarray, sequence:
     nib.save(nib.Nifti1Image(data, affine), path)
 
 
-def generate_nifti(root: str | Path, num_studies: int = 30, with_split: bool = False, seed: int = 0, fusion: bool = False) -> Path:
+def generate_nifti(
+    root: str | Path, num_studies: int = 30, with_split: bool = False, seed: int = 0, fusion: bool = False, num_unlabelled: int = 0
+) -> Path:
     """Writes `{root}/{pid}/{T1,T2}.nii.gz` and `{root}/labels.csv` (`patient_id,label[,split]`).
 
     Classes are balanced; with `with_split` every class is spread 60/20/20 over train/valid/test.
     `fusion`: the four `FUSION_CLASSES` and `fusion_bound.json` (see the module docstring).
+    `num_unlabelled`: also `{root}/unlabelled/{pid}/{T1,T2}.nii.gz` (balanced classes, no labels.csv) and
+    `unlabelled/synthetic_truth.json` (`{"note": ..., "labels": {pid: class name}}`).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -320,10 +366,7 @@ def generate_nifti(root: str | Path, num_studies: int = 30, with_split: bool = F
     seen: dict[str, int] = {}
     for index, label in enumerate(progress(labels, desc="generate synthetic NIfTI studies", unit="studies")):
         pid = f"P{index:03d}"
-        (root / pid).mkdir(parents=True, exist_ok=True)
-        signal = parotid_phantom(rng, label, fusion)
-        for sequence, (shape, affine) in sequence_grids(rng).items():
-            write_sequence(root / pid / f"{sequence}.nii.gz", signal(world_points(shape, affine), sequence), affine, sequence, rng)
+        _write_parotid(root / pid, label, rng, fusion)
         rank = seen[label] = seen.get(label, -1) + 1
         rows.append([pid, label] + ([("train", "train", "train", "valid", "test")[rank % 5]] if with_split else []))
     with open(root / "labels.csv", "w", newline="") as f:
@@ -335,7 +378,24 @@ def generate_nifti(root: str | Path, num_studies: int = 30, with_split: bool = F
         if with_split:
             splits.update({split: [row[1] for row in rows if row[2] == split] for split in ("train", "valid", "test")})
         _write_json(root / BOUND_FILE, parotid_fusion_bound(splits))
+    if num_unlabelled:
+        rng = _unlabelled_rng(seed)
+        hidden = [classes[i % len(classes)] for i in rng.permutation(num_unlabelled)]
+        truth = {}
+        for index, label in enumerate(progress(hidden, desc="generate synthetic unlabelled NIfTI studies", unit="studies")):
+            pid = f"P{num_studies + index:03d}"
+            _write_parotid(root / UNLABELLED_DIR / pid, label, rng, fusion)
+            truth[pid] = label
+        _write_json(root / UNLABELLED_DIR / TRUTH_FILE, {"note": TRUTH_NOTE, "labels": truth})
     return root
+
+
+def _write_parotid(folder: Path, label: str, rng: np.random.Generator, fusion: bool) -> None:
+    """One parotid study of class `label`: `{folder}/{T1,T2}.nii.gz`, each on its own scanner grid."""
+    folder.mkdir(parents=True, exist_ok=True)
+    signal = parotid_phantom(rng, label, fusion)
+    for sequence, (shape, affine) in sequence_grids(rng).items():
+        write_sequence(folder / f"{sequence}.nii.gz", signal(world_points(shape, affine), sequence), affine, sequence, rng)
 
 
 def _single_sequence_aucs(labels: list[str], sequence: str) -> dict[str, float]:
