@@ -142,3 +142,103 @@ def test_multiclass_pseudo_labels_are_whole_rows(monkeypatch):
     assert np.isnan(targets[:, :2]).all()  # classifiers 0 and 1: the others (1 or 0, and 2) disagree
     assert np.array_equal(targets[:, 2], np.eye(4)[[1, 1]])
     assert (record.entries, record.correct) == (2, 1)
+
+
+# --- whole runs: tiny shapes, a few seconds each ---
+
+
+@pytest.fixture(scope="module")
+def knee_with_unlabelled(tmp_path_factory):
+    from transmed.data.synthesis import generate_mrnet
+
+    root = tmp_path_factory.mktemp("semi") / "knee"
+    return generate_mrnet(root, num_train=16, num_valid=8, image_size=32, min_slices=4, max_slices=6, seed=1, num_unlabelled=10)
+
+
+def _semi_cfg(root, out, method: str, **extra: str):
+    from conftest import tiny_overrides
+
+    from transmed.config import load_config
+
+    settings = {
+        "data.unlabelled_root": str(root / "unlabelled"),
+        "train.semi.method": method,
+        "train.semi.warmup_epochs": "1",
+        "train.semi.threshold": "0.5",  # every decision is confident: the rounds label something
+        "train.epochs": "3",
+        **extra,
+    }
+    return load_config(None, tiny_overrides(root, out, **settings))
+
+
+def _metrics(run_dir) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tri_net_run_logs_every_round_and_saves_three_classifiers(knee_with_unlabelled, tmp_path):
+    import json
+
+    from transmed import load_model
+    from transmed.engine import train
+
+    run = train(_semi_cfg(knee_with_unlabelled, tmp_path, "tri_net"))
+    rounds = [json.loads(line) for line in (run / "semi.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rounds] == [2, 3] and all(r["method"] == "tri_net" and r["unlabelled"] == 10 for r in rounds)
+    for r in rounds:
+        assert 0 <= r["correct"] <= r["entries"] and r["pseudo_labelled"] <= 10 and len(r["per_classifier"]) == 3
+    metrics = _metrics(run)
+    assert "semi/pseudo_labelled" not in metrics[0] and metrics[1]["semi/pseudo_labelled"] == rounds[0]["pseudo_labelled"]
+    model = load_model(run / "checkpoints" / "best.pt")
+    assert model.num_classifiers == 3 and model.head.out_features == 9
+    x, mask = torch.rand(2, 3, 5, 32, 32), torch.ones(2, 3, 5, dtype=torch.bool)
+    each = model(x, mask, classifiers=True)
+    assert each.shape == (2, 3, 3) and torch.allclose(model(x, mask), each.mean(dim=1), atol=1e-6)
+
+
+def test_semi_run_resumed_equals_uninterrupted(knee_with_unlabelled, tmp_path, monkeypatch):
+    """Pseudo-labels come from the model as an epoch starts, so a run stopped after epoch 2 and resumed
+    relabels epoch 3 exactly as the uninterrupted run did."""
+    from transmed.engine import train, trainer
+
+    whole = train(_semi_cfg(knee_with_unlabelled, tmp_path / "whole", "tri_net"))
+    real = trainer.pseudo_labels
+
+    def stop_at_epoch_3(*args, **kwargs):
+        if args[5] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "pseudo_labels", stop_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_semi_cfg(knee_with_unlabelled, tmp_path / "cut", "tri_net"))
+    monkeypatch.setattr(trainer, "pseudo_labels", real)
+    resumed = train(_semi_cfg(knee_with_unlabelled, tmp_path / "cut", "tri_net", **{"train.resume": "auto"}))
+    for ours, theirs in zip(_metrics(resumed), _metrics(whole), strict=True):
+        ours.pop("sec/epoch"), theirs.pop("sec/epoch")
+        assert ours == pytest.approx(theirs)
+    assert (whole / "semi.jsonl").read_text() == (resumed / "semi.jsonl").read_text()
+
+
+def test_pseudo_label_on_multiclass_studies(tmp_path):
+    import json
+
+    from conftest import tiny_nifti_overrides
+
+    from transmed.config import load_config
+    from transmed.data.synthesis import generate_nifti
+    from transmed.engine import train
+
+    root = generate_nifti(tmp_path / "parotid", num_studies=12, with_split=True, num_unlabelled=4)
+    settings = {
+        "data.unlabelled_root": str(root / "unlabelled"),
+        "data.modalities": "[T1,T2]",
+        "train.semi.method": "pseudo_label",
+        "train.semi.warmup_epochs": "1",
+        "train.semi.threshold": "0.5",
+        "train.epochs": "2",
+    }
+    run = train(load_config(None, tiny_nifti_overrides(root, tmp_path, **settings)))
+    (round_,) = [json.loads(line) for line in (run / "semi.jsonl").read_text().splitlines()]
+    assert round_["unlabelled"] == 4 and round_["entries"] == round_["pseudo_labelled"] and round_["correct"] <= round_["entries"]

@@ -26,8 +26,8 @@ from ..core.device import resolve_device
 from ..core.errors import CheckpointError, NonFiniteLossError, RunDirError, RunExistsError
 from ..core.labels import LabelSpec
 from ..core.progress import progress
-from ..data import build_dataset, build_loader, label_spec, read_manifest, report_skipped
-from ..data.augment import training_augment
+from ..data import build_dataset, build_loader, build_unlabelled_dataset, label_spec, read_manifest, report_skipped
+from ..data.augment import augment_where, training_augment
 from ..data.collate import to_device
 from ..models import build_model
 from ..models.finetune import drop_modalities_at_random, train_mode
@@ -37,6 +37,7 @@ from .inference import predict, split_loss, targets
 from .logger import RunLogger
 from .losses import build_loss
 from .scores import point_aucs
+from .semi import SemiLoss, classifier_count, labelled_targets, pseudo_labels, semi_loader, write_round
 from .utils import autocast, seed_everything
 
 MIN_FREE_BYTES = 200 * 2**20
@@ -147,16 +148,18 @@ def train_step(
     """One batch forward and backward, as training does it; the benchmark times this very function.
 
     The stored batch goes to the device (and through `augment` there, one draw per study),
-    `train.modality_dropout` drops whole modalities, the forward runs under autocast (`train.amp`),
+    `train.modality_dropout` drops whole modalities, the forward runs under autocast (`train.amp`;
+    with `train.semi` it gives every classifier's logits, for `semi.SemiLoss`),
     and the loss's gradient, scaled by 1 / `train.accumulate`, is added to the parameters'.
     Returns the loss, still on the device (reading it is the caller's one host sync).
     """
     x, mask = to_device(batch, device, augment)  # float32 in [0, 1], made (and augmented) there
-    y = targets(batch["label"], spec, device)
+    semi = cfg.train.semi.method != "none"  # targets (B, C, K) per classifier, NaN where unknown: `semi.SemiLoss`
+    y = batch["label"].to(device).float() if semi else targets(batch["label"], spec, device)
     if cfg.train.modality_dropout:
         mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
     with autocast(device, cfg.train.amp):
-        loss = criterion(model(x, mask).float(), y)
+        loss = criterion(model(x, mask, classifiers=True) if semi else model(x, mask), y)
     (loss / cfg.train.accumulate).backward()
     return loss.detach()
 
@@ -234,8 +237,10 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
     train_manifest = read_manifest(cfg, "train")
     train_ds = build_dataset(cfg, "train", train=True, manifest=train_manifest)
     val_ds = build_dataset(cfg, "valid", train=False)
+    semi = cfg.train.semi.method != "none"
+    unlabelled_ds = build_unlabelled_dataset(cfg, train=True) if semi else None
     if dist_info.is_main:
-        report_skipped(run_dir / "skipped.json", train_ds, val_ds)  # data.on_error=skip: what was left out, and why
+        report_skipped(run_dir / "skipped.json", *(ds for ds in (train_ds, val_ds, unlabelled_ds) if ds is not None))
     generator = torch.Generator()
     train_sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed) if dist_info.enabled else None
     val_sampler = DistributedSampler(val_ds, shuffle=False) if dist_info.enabled else None
@@ -244,6 +249,15 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
 
     labels = np.stack([item["label"] for item in train_ds.data])  # studies kept after screening
     criterion = build_loss(spec, labels, cfg.train.class_weights).to(device)
+    train_criterion = SemiLoss(spec, criterion).to(device) if semi else criterion
+    if semi:  # train.semi: the labelled studies' per-classifier targets; the unlabelled studies, un-augmented, to pseudo-label
+        plain = labelled_targets(labels, spec, classifier_count(cfg))
+        smeared = plain
+        if cfg.train.semi.method == "tri_net":  # output smearing: each classifier its own noisy labels during warm-up
+            smeared = labelled_targets(labels, spec, classifier_count(cfg), cfg.train.semi.smearing, cfg.seed)
+        unlabelled_eval = build_unlabelled_dataset(cfg, train=False) if augment_where(cfg) == "loader" else unlabelled_ds
+        unlabelled_loader = build_loader(cfg, unlabelled_eval, train=False)
+        no_pseudo = np.full((len(unlabelled_ds), *plain.shape[1:]), np.nan, dtype=np.float32)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
     scheduler = warmup_cosine(optimizer, int(cfg.train.warmup_epochs * steps_per_epoch), cfg.train.epochs * steps_per_epoch)
@@ -292,13 +306,23 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
         seed_everything(epoch_seed)
         generator.manual_seed(epoch_seed)
         train_ds.transform.set_random_state(seed=(epoch_seed + dist_info.rank) % 2**32)  # data.augment_on=loader
+        epoch_loader, semi_round = train_loader, None
+        if semi:  # a round: pseudo-labels from the model as it starts the epoch (a resumed run recomputes them)
+            unlabelled_ds.transform.set_random_state(seed=(epoch_seed + dist_info.rank + 7919) % 2**32)
+            warm = epoch <= cfg.train.semi.warmup_epochs
+            pseudo = no_pseudo
+            if not warm:
+                pseudo, semi_round = pseudo_labels(model, unlabelled_loader, spec, device, cfg, epoch, unlabelled_ds.truth)
+            epoch_loader = semi_loader(
+                cfg, train_ds, smeared if warm else plain, unlabelled_ds, pseudo, epoch_seed, dist_info.rank, dist_info.world_size
+            )
         augment = training_augment(cfg, device, epoch_seed, dist_info.rank)  # data.augment_on=device: its own generator there
         if train_sampler is not None:
             train_sampler.set_epoch(epoch)
         lr = scheduler.get_last_lr()[0]  # the rate the epoch starts with (the schedule moves every step)
         start = time.perf_counter()
         train_loss = train_one_epoch(
-            step_model, train_loader, criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main, augment=augment
+            step_model, epoch_loader, train_criterion, optimizer, scheduler, spec, device, cfg, epoch, dist_info.is_main, augment=augment
         )
         seconds = time.perf_counter() - start
         train_loss = mean_over_ranks(train_loss, len(train_loader.sampler), dist_info)
@@ -318,6 +342,9 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             "lr": lr,
         }
         last.update({f"val/auc/{name}": aucs[name] for name in spec.names})
+        if semi_round is not None:
+            last.update(semi_round.metrics())
+            write_round(run_dir / "semi.jsonl", semi_round)
         logger.log_epoch(last)
         tqdm.write(f"epoch {epoch}: train/loss {train_loss:.4f}  val/loss {val_loss:.4f}  val/auc {aucs['mean']:.4f}  ({seconds:.1f}s)")
         if best is None or not math.isfinite(best["val/auc"]) or last["val/auc"] > best["val/auc"]:
