@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import tiny_overrides
+from omegaconf import OmegaConf
 
 from transmed.commands.study import main
 from transmed.config import ConfigError, find_config
@@ -55,8 +56,8 @@ def tiny(root: Path, out: Path, **extra: str) -> list[str]:
 # ---- study files ------------------------------------------------------------------------------
 
 
-def test_there_are_the_five_shipped_studies():
-    assert [p.stem for p in STUDIES] == ["depth", "fusion", "modes", "stepwise", "uap"]
+def test_there_are_the_six_shipped_studies():
+    assert [p.stem for p in STUDIES] == ["depth", "fusion", "modes", "semi", "stepwise", "uap"]
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
@@ -75,7 +76,8 @@ def test_shipped_study_files_parse_and_expand(path, monkeypatch, tmp_path):
         assert len({cfg.run_name for cfg in configs}) == 3 * len(study.runs) and len(study.runs) >= 2
         assert {cfg.seed for cfg in configs} == set(study.seeds) and configs[0].run_name.endswith(f"/seed-{study.seeds[0]}")
         assert all(cfg.wandb.group == study.group == spec["group"] for cfg in configs)
-        assert all(cfg.data.val_fraction == 0.2 for cfg in configs)  # valid chooses the epoch, test reports
+        held_out = 0.25 if study.kind == "semi" else 0.2  # semi: a quarter of each fraction's 24, 60, 120 labelled studies
+        assert all(cfg.data.val_fraction == held_out for cfg in configs)  # valid chooses the epoch, test reports
         assert {run.role for run in study.runs} >= set(KINDS[study.kind].required)
         assert study.paper and study.claim
         quick = load_study(path, base=base, quick=True)
@@ -147,6 +149,70 @@ def test_a_bad_study_file_fails_before_anything_trains(tmp_path, spec, message):
     assert not (tmp_path / "runs").exists()
 
 
+SEMI = ROOT / "configs" / "studies" / "semi.yaml"
+SEMI_RUNS = [{"name": "labelled", "role": "labelled", "set": {}}, {"name": "tri_net", "role": "tri_net", "set": {"train.semi.method": "tri_net"}}]
+
+
+def test_the_semi_study_runs_each_method_once_per_labelled_fraction():
+    study = load_study(SEMI, ["tri_net:train.semi.passes=7"])
+    methods = ("labelled", "pseudo_label", "tri_net")
+    assert [run.name for run in study.runs] == [f"{m}-{pct}pct" for pct in (10, 25, 50) for m in methods]
+    configs = {(run.name, seed): cfg for run, seed, cfg in study_configs(study)}
+    assert len(configs) == 27 and study.seeds == [42, 43, 44] and study.settings["pool"] == 240
+    for pct, labelled in ((10, 24), (25, 60), (50, 120)):
+        root = f"data/synthetic-knee-semi-{pct}pct"
+        fraction = [configs[f"{m}-{pct}pct", seed] for m in methods for seed in study.seeds]
+        # one generated set per fraction: its runs ask the generator for the same thing
+        assert len({json.dumps(OmegaConf.to_container(cfg.data.synthetic)) for cfg in fraction}) == 1
+        for method in methods:
+            cfg = configs[f"{method}-{pct}pct", 43]
+            assert cfg.data.format == "synthetic" and cfg.data.root == root and cfg.data.synthetic.seed == 0
+            assert (cfg.data.synthetic.num_train, cfg.data.synthetic.num_unlabelled, cfg.data.synthetic.num_valid) == (labelled, 240 - labelled, 60)
+            assert cfg.data.val_fraction == 0.25 and cfg.data.synthetic.image_size == cfg.data.image_size == 64
+            assert cfg.train.semi.method == ("none" if method == "labelled" else method)
+            assert cfg.data.unlabelled_root == (None if method == "labelled" else f"{root}/unlabelled")
+            assert cfg.train.semi.passes == (7 if method == "tri_net" else 5)  # tri_net:key=value reaches every tri_net run
+            assert (cfg.train.epochs, cfg.train.semi.warmup_epochs) == (10, 3)
+            assert cfg.model.pretrained == "weights/efficientnet-lite0.safetensors"  # demo-transfer's ImageNet stem
+            assert cfg.run_name == f"study-semi/{method}-{pct}pct/seed-43" and "role=" + method in cfg.wandb.tags
+    quick = load_study(SEMI, ["data.root=/elsewhere/semi"], quick=True)
+    configs = [cfg for _, _, cfg in study_configs(quick)]
+    assert [run.name for run in quick.runs] == ["labelled-10pct", "pseudo_label-10pct", "tri_net-10pct"] and quick.seeds == [42]
+    assert all((cfg.train.epochs, cfg.train.semi.warmup_epochs, cfg.data.root) == (4, 2, "/elsewhere/semi-10pct") for cfg in configs)
+
+
+@pytest.mark.parametrize(
+    "runs, extra, overrides, message",
+    [
+        (
+            [SEMI_RUNS[0], {"name": "tri_net", "role": "tri_net", "set": {"train.semi.method": "pseudo_label"}}],
+            {},
+            [],
+            "run 'tri_net': role tri_net trains with train.semi.method=tri_net, the run has pseudo_label",
+        ),
+        (SEMI_RUNS[:1], {}, [], r"needs runs with the role\(s\) \['tri_net'\]"),
+        (SEMI_RUNS, {"settings": {"fractions": [0.1, 1.5]}}, [], r"setting 'fractions' must be a list of labelled fractions in \(0, 1\)"),
+        (SEMI_RUNS, {"settings": {"fractions": [0.1, 0.1]}}, [], r"repeats a fraction: \[0.1, 0.1\]"),
+        (
+            SEMI_RUNS,
+            {"settings": {"fractions": [0.01]}},
+            ["data.val_fraction=0.25"],
+            "fraction 0.01 of a pool of 240 labels 2 studies, of which data.val_fraction=0.25 holds out 0 to choose the epoch",
+        ),
+        (SEMI_RUNS, {"settings": {"pool": "many"}}, [], "setting 'pool' must be a number of training studies"),
+        (SEMI_RUNS, {"settings": {"bar_auc": "high"}}, [], "setting 'bar_auc' must be a number"),
+        (SEMI_RUNS, {"settings": {"fraction": [0.1]}}, [], r"unknown setting\(s\) \['fraction'\] for study 'semi'"),
+        (SEMI_RUNS, {}, ["data.format=mrnet"], "'fractions' splits a synthetic set .data.format=synthetic., not data.format=mrnet"),
+    ],
+)
+def test_a_bad_semi_study_file_fails_with_one_clear_line(tmp_path, runs, extra, overrides, message):
+    path = study_file(tmp_path, "semi", runs, **extra)
+    with pytest.raises(ConfigError, match=message) as err:
+        study_configs(load_study(path, [f"output_dir={tmp_path / 'runs'}", *overrides]))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
 # ---- intervals and verdicts -------------------------------------------------------------------
 
 
@@ -187,8 +253,8 @@ def test_a_verdict_follows_the_paired_difference():
     assert verdict((0.3, 0.2, 0.4), unit="rate", a=(0.4, 0.3, 0.5), b=(0.1, 0.05, 0.2)).difference() == "+30.0 points [+20.0, +40.0], 4.0x"
 
 
-def fake_predictions(folder: Path, labels: np.ndarray, signal: float, seed: int) -> None:
-    """predictions-valid.csv of a model whose scores carry `signal` times the label, plus noise."""
+def fake_predictions(folder: Path, labels: np.ndarray, signal: float, seed: int, split: str = "valid") -> None:
+    """predictions-{split}.csv of a model whose scores carry `signal` times the label, plus noise."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame({"id": [f"{i:04d}" for i in range(len(labels))]})
@@ -197,7 +263,7 @@ def fake_predictions(folder: Path, labels: np.ndarray, signal: float, seed: int)
         frame[f"prob/{name}"], frame[f"logit/{name}"] = 1 / (1 + np.exp(-logits / 2)), logits  # calibrated at T = 2
     for k, name in enumerate(("abnormal", "acl", "meniscus")):
         frame[f"label/{name}"] = labels[:, k]
-    frame.to_csv(folder / "predictions-valid.csv", index=False)
+    frame.to_csv(folder / f"predictions-{split}.csv", index=False)
     (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "sec/epoch": 1.0 + 0.1 * e}) + "\n" for e in (1, 2)))
 
 
@@ -229,6 +295,119 @@ def test_fusion_analysis_compares_transmed_with_each_baseline_and_the_best_singl
     assert late.diff.value == pytest.approx(late.ia.value - late.ib.value)  # the mean of paired differences
     assert late.ia.low < late.ia.value < late.ia.high and late.diff.low > 0
     assert (tmp_path / "fusion.png").stat().st_size > 0
+
+
+def fake_semi_results(tmp_path: Path, study, signal: dict, logs: dict) -> Results:
+    """A semi study's results as the runner gathers them, from fake predictions on the test split: `signal` per
+    run (None: the run failed) and `logs` {(run, seed): the lines of its semi.jsonl}."""
+    labels = np.random.default_rng(9).integers(0, 2, (120, 3))
+    rows, configs = [], []
+    for run, seed, cfg in study_configs(study):
+        folder = tmp_path / run.name / f"seed-{seed}"
+        value = signal[run.name]
+        if value is not None:
+            fake_predictions(folder, labels, value, seed * 100 + len(rows), split="test")
+        for_seed = logs.get((run.name, seed))
+        if for_seed is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "semi.jsonl").write_text("\n".join(for_seed) + "\n")
+        row = {"run": run.name, "role": run.role, "seed": seed, "dir": str(folder), "status": "ok" if value is not None else "failed: x"}
+        auc = math.nan if value is None else 0.5 + value / 5
+        row.update({"val/auc": auc, "test/auc": auc, "test/auc_ci_low": auc - 0.1, "test/auc_ci_high": auc + 0.1})
+        row.update({"best_epoch": 3, "params/trainable": 1000, "sec/epoch": 1.0})
+        rows.append(row)
+        configs.append(cfg)
+    return Results(study, pd.DataFrame(rows), configs, "test/auc", n_bootstrap=200)
+
+
+def per_seed_mean_auc(path: Path) -> float:
+    """The mean over tasks of one run's test AUC, from its predictions (sigmoid of the logits), by scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    frame = pd.read_csv(path)
+    return float(np.mean([roc_auc_score(frame[f"label/{t}"], frame[f"logit/{t}"]) for t in ("abnormal", "acl", "meniscus")]))
+
+
+def test_semi_analysis_compares_each_method_with_the_labelled_studies_alone_per_fraction(tmp_path):
+    from transmed.experiments.studies.analysis import analyse_semi
+    from transmed.experiments.studies.runner import write_report
+
+    study = load_study(SEMI, [f"output_dir={tmp_path}"], seeds=[0, 1, 2])
+    signal = {
+        "labelled-10pct": 0.4, "pseudo_label-10pct": 0.4, "tri_net-10pct": 1.5,  # tri_net gains, pseudo-labels do not
+        "labelled-25pct": 1.0, "pseudo_label-25pct": 2.0, "tri_net-25pct": 0.2,  # pseudo-labels gain, tri_net loses
+        "labelled-50pct": 1.0, "pseudo_label-50pct": 1.0, "tri_net-50pct": None,  # tri_net failed
+    }  # fmt: skip
+    rounds = lambda method, correct: [  # noqa: E731
+        json.dumps({"epoch": 3, "method": method, "pseudo_labelled": 20, "edited": 4, "entries": 40, "correct": 30}),
+        json.dumps({"epoch": 4, "method": method, "pseudo_labelled": 54, "edited": 6, "entries": 120, "correct": correct, "per_classifier": [54]}),
+    ]
+    logs = {("pseudo_label-10pct", seed): rounds("pseudo_label", 90) for seed in (0, 1, 2)}
+    logs.update({("tri_net-10pct", seed): rounds("tri_net", None) for seed in (0, 1, 2)})
+    logs["tri_net-10pct", 2] = [*logs["tri_net-10pct", 2], '{"epoch": 5, "meth']  # cut off by a crash: left out
+    logs["tri_net-10pct", 1] = [line.replace('"epoch": 4,', '"epoch": 4, "unlabelled": 108,') for line in logs["tri_net-10pct", 1]]
+    results = fake_semi_results(tmp_path, study, signal, logs)
+    analysis = analyse_semi(results, tmp_path)
+
+    verdicts = {(c.a, c.b): c.verdict for c in analysis.comparisons}
+    assert verdicts == {
+        ("tri_net-10pct", "labelled-10pct"): HOLDS,
+        ("pseudo_label-10pct", "labelled-10pct"): "inconclusive (the difference's interval holds 0)",
+        ("tri_net-25pct", "labelled-25pct"): FAILS,
+        ("pseudo_label-25pct", "labelled-25pct"): HOLDS,
+        ("tri_net-50pct", "labelled-50pct"): NOT_MEASURED,
+        ("pseudo_label-50pct", "labelled-50pct"): "inconclusive (the difference's interval holds 0)",
+    }
+    for c in analysis.comparisons[:4]:  # the mean over seeds of the paired per-seed differences, checked by scikit-learn
+        expected = np.mean(
+            [per_seed_mean_auc(tmp_path / c.a / f"seed-{s}" / "predictions-test.csv") - per_seed_mean_auc(tmp_path / c.b / f"seed-{s}" / "predictions-test.csv") for s in (0, 1, 2)]
+        )
+        assert c.diff.value == pytest.approx(expected, abs=1e-9) and c.diff.low <= c.diff.value <= c.diff.high
+        assert c.ia.value == pytest.approx(np.mean([per_seed_mean_auc(tmp_path / c.a / f"seed-{s}" / "predictions-test.csv") for s in (0, 1, 2)]))
+    tri = analysis.comparisons[0]
+    assert tri.claim == "Tri-net with the unlabelled studies beats training on the labelled studies alone, at 10% labelled (24 of 240)"
+    assert tri.diff.low > 0.03  # the fake gain is far above the bar
+
+    write_report(results, analysis, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "# Semi-supervised learning from unlabelled studies" in report and "Tri-net for semi-supervised deep learning" in report
+    assert "8.30% error on CIFAR-10 with 4,000 labels" in report and "3 seed(s)" in report
+    assert "| tri_net-10pct vs labelled-10pct |" in report and "| pseudo_label-25pct vs labelled-25pct |" in report
+    assert "Verdicts: 2 hold, 1 do not hold, 2 inconclusive, 1 not measured." in report
+    bar = f"Bar (issue 23): tri_net - labelled >= +0.030 test AUC at 10% labelled, mean over 3 seeds: measured {tri.diff.value:+.3f}"
+    assert f"- {bar}; the 95% interval's low end {tri.diff.low:+.3f} is above the bar: **met**." in report
+    assert "## Test AUC per labelled fraction (mean over seeds)" in report
+    assert f"| 10% labelled (24 of 240) | 18 + 6 | 216 | {results.auc('labelled-10pct').text()} |" in report
+    assert "| 25% labelled (60 of 240) | 45 + 15 | 180 |" in report and "| 50% labelled (120 of 240) | 90 + 30 | 120 |" in report
+    assert "## Pseudo-labels in each run's last round (`semi.jsonl`)" in report
+    assert report.count("| pseudo_label-10pct |") == 1 + 3 + 3  # the per-run table, the per-seed table, a row per seed here
+    assert "| pseudo_label-10pct | 0 | 2 | 4 | pseudo_label | 54 (25%) | 6 | 120 | 90 (75%) |" in report
+    assert "| tri_net-10pct | 2 | 2 | 4 | tri_net | 54 (25%) | 6 | 120 | unknown |" in report  # the cut-off line left out
+    assert "| tri_net-10pct | 1 | 2 | 4 | tri_net | 54 (50%) | 6 | 120 | unknown |" in report  # the run's own count of unlabelled studies
+    missing = "pseudo_label-25pct (seeds 0, 1, 2), tri_net-25pct (seeds 0, 1, 2), pseudo_label-50pct (seeds 0, 1, 2), tri_net-50pct (seeds 0, 1, 2)"
+    assert f"- No pseudo-label record (`semi.jsonl`) for {missing}." in report  # a failed run without one is named too
+    assert "data.synthetic.seed=0" in report and "the 60 studies of the test split" in report
+    assert "![test AUC per labelled fraction and method](semi.png)" in report and (tmp_path / "semi.png").stat().st_size > 0
+
+
+def test_the_semi_bar_on_one_seed_says_it_asks_for_three(tmp_path):
+    from transmed.experiments.studies.analysis import analyse_semi
+
+    study = load_study(SEMI, [f"output_dir={tmp_path}"], quick=True)  # 10% labelled only, one seed
+    signal = {"labelled-10pct": 1.0, "pseudo_label-10pct": 1.0, "tri_net-10pct": 1.0}
+    analysis = analyse_semi(fake_semi_results(tmp_path, study, signal, {}), tmp_path)
+    assert [(c.a, c.b) for c in analysis.comparisons] == [("tri_net-10pct", "labelled-10pct"), ("pseudo_label-10pct", "labelled-10pct")]
+    bar = next(note for note in analysis.notes if note.startswith("Bar (issue 23)"))
+    assert bar.endswith("is below the bar: **not met** (on 1 seed(s); the bar asks for 3).")
+    assert "No pseudo-label record (`semi.jsonl`) for pseudo_label-10pct (seed 42), tri_net-10pct (seed 42)." in analysis.notes
+    study = load_study(SEMI, [f"output_dir={tmp_path}", "train.semi.warmup_epochs=4"], quick=True)
+    analysis = analyse_semi(fake_semi_results(tmp_path, study, signal, {}), tmp_path)
+    assert "pseudo_label-10pct (seed 42; train.semi.warmup_epochs covers every epoch, so no round ran)" in analysis.notes[-1]
+    assert [heading for heading, _ in analysis.tables] == ["Test AUC per labelled fraction (mean over seeds)"]
+    study = load_study(SEMI, [f"output_dir={tmp_path}"], quick=True, seeds=1)
+    study.settings["bar_fraction"] = 0.25  # no runs at that fraction
+    analysis = analyse_semi(fake_semi_results(tmp_path, study, signal, {}), tmp_path)
+    assert "Bar (issue 23): tri_net - labelled >= +0.030 test AUC at 25% labelled, mean over 3 seeds: no run at that fraction." in analysis.notes
 
 
 # ---- tiny end-to-end studies ------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The analyses of the depth, modes, stepwise and fusion studies: what they read (`Results`), what they
-return (`Analysis`: claims with verdicts, notes, tables, figures), and their plots. The uap study's
+"""The analyses of the depth, modes, stepwise, fusion and semi studies: what they read (`Results`), what
+they return (`Analysis`: claims with verdicts, notes, tables, figures), and their plots. The uap study's
 analysis is in `uap.py`."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from ...core.tables import markdown_table
 from ...evaluation.metrics import resampled_mean_auc, study_resamples
 from .spec import Study
 from .stats import NAN, Comparison, Interval, seconds_interval, seeds_and_studies
@@ -46,6 +47,7 @@ class Results:
     auc_key: str  # "test/auc" or "val/auc"
     n_bootstrap: int = 1000
     _predictions: dict = field(default_factory=dict, repr=False)
+    _intervals: dict = field(default_factory=dict, repr=False)  # ("auc", run) and ("diff", a, b) -> the interval, computed once
 
     @property
     def split(self) -> str:
@@ -115,13 +117,17 @@ class Results:
 
     def auc(self, run: str | None) -> Interval:
         """The arm's AUC on the report's split: mean over seeds, with its interval."""
-        made = self._auc_statistic([run]) if run is not None else None
-        return NAN if made is None else seeds_and_studies(*made, np.random.default_rng(1))
+        if ("auc", run) not in self._intervals:
+            made = self._auc_statistic([run]) if run is not None else None
+            self._intervals["auc", run] = NAN if made is None else seeds_and_studies(*made, np.random.default_rng(1))
+        return self._intervals["auc", run]
 
     def auc_diff(self, a: str | None, b: str | None) -> Interval:
         """AUC of `a` minus AUC of `b`, paired by seed and study: mean over seeds, with its interval."""
-        made = self._auc_statistic([a, b]) if a is not None and b is not None else None
-        return NAN if made is None else seeds_and_studies(*made, np.random.default_rng(1))
+        if ("diff", a, b) not in self._intervals:
+            made = self._auc_statistic([a, b]) if a is not None and b is not None else None
+            self._intervals["diff", a, b] = NAN if made is None else seeds_and_studies(*made, np.random.default_rng(1))
+        return self._intervals["diff", a, b]
 
     def epoch_seconds(self, run: str) -> list[list[float]]:
         """Seconds per training epoch, one list per seed."""
@@ -299,6 +305,198 @@ def fusion_bound(cfg: DictConfig, split: str) -> str | None:
     )
 
 
+SEMI_ROLES = ("labelled", "pseudo_label", "tri_net")  # train.semi.method none, pseudo_label, tri_net
+
+
+@dataclass
+class Fraction:
+    """The runs of a semi study that share one data set (`data.root`): one labelled fraction."""
+
+    root: str
+    label: str  # "10% labelled (24 of 240)", or the data root for data other than synthetic
+    fraction: float  # labelled / (labelled + unlabelled); NaN when unknown
+    labelled: int | None  # labelled training studies (data.val_fraction holds some out to choose the epoch)
+    held_out: int | None
+    unlabelled: int | None
+    runs: dict[str, list[str]]  # role -> run names, in the study's order
+
+
+def semi_fractions(results: Results) -> list[Fraction]:
+    """The study's runs grouped by data set, in the order the study first names each."""
+    fractions: dict[str, Fraction] = {}
+    for run in results.study.runs:
+        cfg = results.config(run.name)
+        root = str(cfg.data.root)
+        if root not in fractions:
+            if cfg.data.format == "synthetic":
+                n, u = int(cfg.data.synthetic.num_train), int(cfg.data.synthetic.num_unlabelled)
+                held = math.floor(n * cfg.data.val_fraction) if cfg.data.val_fraction is not None else None
+                share = n / (n + u)
+                label = f"{100 * share:.3g}% labelled ({n} of {n + u})"
+                fractions[root] = Fraction(root, label, share, n, held, u, {})
+            else:
+                fractions[root] = Fraction(root, f"data.root {root}", math.nan, None, None, None, {})
+        fractions[root].runs.setdefault(run.role, []).append(run.name)
+    return list(fractions.values())
+
+
+def read_semi_log(run_dir: str | Path) -> list[dict]:
+    """The rounds of pseudo-labelling a run wrote to `semi.jsonl` (one JSON object per line; a line that
+    does not parse, such as one cut off by a crash, is left out); [] when there is no file."""
+    path = Path(run_dir) / "semi.jsonl"
+    if not path.is_file():
+        return []
+    rounds = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            rounds.append(record)
+    return rounds
+
+
+def _count(value, of: int | None = None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "unknown"
+    share = f" ({100 * value / of:.0f}%)" if of else ""
+    return f"{int(value)}{share}"
+
+
+def pseudo_label_table(results: Results, fractions: Sequence[Fraction]) -> tuple[str, list[str]]:
+    """The last round of each semi-supervised run and seed (Markdown), and the runs (seeds) without `semi.jsonl`."""
+    unlabelled = {name: f.unlabelled for f in fractions for names in f.runs.values() for name in names}
+    rows, missing = [], []
+    for run in results.study.runs:
+        if run.role == "labelled":
+            continue
+        without = []
+        for r in sorted(results.rows(run.name, ok=False), key=lambda r: int(r["seed"])):
+            rounds = read_semi_log(r["dir"])
+            if not rounds:
+                without.append(str(int(r["seed"])))
+                continue
+            last = rounds[-1]
+            entries = last.get("entries")
+            correct = last.get("correct")
+            of = last.get("unlabelled") or unlabelled.get(run.name)  # the run's own count of data.unlabelled_root, else the config's
+            rows.append(
+                {
+                    "run": run.name,
+                    "seed": str(int(r["seed"])),
+                    "rounds": str(len(rounds)),
+                    "last epoch": str(last.get("epoch", "")),
+                    "method": str(last.get("method", "")),
+                    "pseudo-labelled studies (share of the unlabelled)": _count(last.get("pseudo_labelled"), of),
+                    "edited out": _count(last.get("edited")),
+                    "entries": _count(entries),
+                    "correct entries": _count(correct, entries if isinstance(entries, (int, float)) and entries else None),
+                }
+            )
+        if without:
+            train = results.config(run.name).train
+            why = "; train.semi.warmup_epochs covers every epoch, so no round ran" if train.semi.warmup_epochs >= train.epochs else ""
+            missing.append(f"{run.name} (seed{'s' if len(without) > 1 else ''} {', '.join(without)}{why})")
+    return (markdown_table(rows) if rows else ""), missing
+
+
+def analyse_semi(results: Results, out_dir: Path) -> Analysis:
+    """Tri-net (Chen, Wang, Gao & Zhou 2018) and pseudo-labelling against the labelled studies alone, per labelled fraction."""
+    fractions = semi_fractions(results)
+    comparisons = []
+    for f in fractions:
+        for labelled in f.runs.get("labelled", [None])[:1]:
+            for tri in f.runs.get("tri_net", []):
+                comparisons.append(
+                    results.compare_auc(
+                        f"Tri-net with the unlabelled studies beats training on the labelled studies alone, at {f.label}",
+                        tri,
+                        labelled,
+                        b_label="" if labelled else "labelled only",
+                    )
+                )
+            for pseudo in f.runs.get("pseudo_label", []):
+                comparisons.append(
+                    results.compare_auc(
+                        f"(next to it) Pseudo-labelling with the unlabelled studies beats training on the labelled studies alone, at {f.label}",
+                        pseudo,
+                        labelled,
+                        b_label="" if labelled else "labelled only",
+                    )
+                )
+    notes = pretrained_note(results, list(SEMI_ROLES))
+    notes += semi_bar(results, fractions, comparisons)
+    synthetic = [f for f in fractions if f.labelled is not None]
+    if synthetic:
+        cfg = results.config(results.study.runs[0].name)
+        notes.append(
+            f"Each labelled fraction is its own synthetic set (`data.root`, data.synthetic.seed={cfg.data.synthetic.seed}): labelled "
+            "training studies, unlabelled studies in `{root}/unlabelled` (data.unlabelled_root of the pseudo_label and tri_net "
+            "runs; the labelled runs do not read them), and the "
+            f"{int(cfg.data.synthetic.num_valid)} studies of the {results.split} split the AUCs are on. "
+            + (
+                f"data.val_fraction={cfg.data.val_fraction} holds some labelled studies out to choose the epoch. "
+                if cfg.data.val_fraction is not None
+                else ""
+            )
+            + "The arms of one fraction share its set, so their differences are paired; compare fractions by their differences, "
+            "since each fraction's set is generated apart."
+        )
+    rows = []
+    for f in fractions:
+        row = {
+            "data": f.label,
+            "labelled studies: train + choose the epoch": (
+                f"{f.labelled - f.held_out} + {f.held_out}" if f.held_out is not None else str(f.labelled or "")
+            ),
+            "unlabelled studies": "" if f.unlabelled is None else str(f.unlabelled),
+        }
+        for role in SEMI_ROLES:
+            names = f.runs.get(role, [])
+            row[f"{role} {results.split} AUC [95% CI]"] = "; ".join(results.auc(n).text() or "not measured" for n in names)
+        rows.append(row)
+    tables = [(f"{results.split.capitalize()} AUC per labelled fraction (mean over seeds)", markdown_table(rows))]
+    pseudo, missing = pseudo_label_table(results, fractions)
+    if pseudo:
+        tables.append(
+            (
+                "Pseudo-labels in each run's last round (`semi.jsonl`)",
+                pseudo
+                + "\n\nPseudo-labelled studies: unlabelled studies with at least one pseudo-label in that round; edited out: "
+                "studies that only pseudo-labels unstable under dropout would have labelled (tri-net's editing); entries: "
+                "pseudo-labels (one per classifier and task, or classifier and study for one class per study); correct: "
+                "entries that match the label the synthetic generator drew (unknown where it is not known).",
+            )
+        )
+    if missing:
+        notes.append(f"No pseudo-label record (`semi.jsonl`) for {', '.join(missing)}.")
+    figure = out_dir / "semi.png"
+    plot_fractions(results, fractions, figure)
+    return Analysis(comparisons, notes, tables, [(f"{results.split} AUC per labelled fraction and method", figure)])
+
+
+def semi_bar(results: Results, fractions: Sequence[Fraction], comparisons: Sequence[Comparison]) -> list[str]:
+    """Issue 23's bar: at `bar_fraction` labelled, tri_net - labelled >= `bar_auc` AUC, mean over at least 3 seeds."""
+    settings = results.study.settings
+    fraction, margin = float(settings.get("bar_fraction", 0.1)), float(settings.get("bar_auc", 0.03))
+    wanted = f"tri_net - labelled >= {margin:+.3f} {results.split} AUC at {100 * fraction:.3g}% labelled, mean over 3 seeds"
+    at = [f for f in fractions if f.labelled is not None and abs(f.fraction - fraction) <= 0.5 / (f.labelled + f.unlabelled)]
+    tri = at[0].runs.get("tri_net", [])[:1] if at else []
+    found = next((c for c in comparisons if tri and c.a == tri[0]), None)
+    if found is None or not found.diff.measured:
+        why = "no run at that fraction" if not at else "not measured"
+        return [f"Bar (issue 23): {wanted}: {why}."]
+    d = found.diff
+    met = "**met**" if d.value >= margin else "**not met**"
+    seeds = len(results.seeds)
+    interval = (
+        f"; the 95% interval's low end {d.low:+.3f} is {'above' if d.low >= margin else 'below'} the bar" if d.has_interval else ""
+    )
+    short = f" (on {seeds} seed(s); the bar asks for 3)" if seeds < 3 else ""
+    return [f"Bar (issue 23): {wanted}: measured {d.value:+.3f}{interval}: {met}{short}."]
+
+
 # ---------------------------------------------------------------------------------------------
 # Plots
 
@@ -334,5 +532,30 @@ def plot_panels(results: Results, path: Path, panels: list[tuple[str, Callable]]
         if name == "AUC":
             ax.axvline(0.5, color="grey", lw=0.5, ls="--")
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def plot_fractions(results: Results, fractions: Sequence[Fraction], path: Path) -> None:
+    """AUC (mean over seeds, 95% interval) per labelled fraction, one line per method."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    x = np.arange(len(fractions))
+    for k, role in enumerate(SEMI_ROLES):
+        points = [(i, results.auc(f.runs[role][0])) for i, f in enumerate(fractions) if f.runs.get(role)]
+        points = [(i, v) for i, v in points if v.measured]
+        if not points:
+            continue
+        xs = np.array([i for i, _ in points]) + (k - 1) * 0.08
+        ys = [v.value for _, v in points]
+        err = np.array([[v.value - v.low, v.high - v.value] if v.has_interval else [0.0, 0.0] for _, v in points]).T
+        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=role)
+    ax.set_xticks(x, [f.label.replace(" (", "\n(") for f in fractions])
+    ax.set_ylabel(f"{results.split} AUC (mean of {len(results.seeds)} seed(s), 95% CI)")
+    ax.axhline(0.5, color="grey", lw=0.5, ls="--")
+    ax.legend()
+    ax.set_title(results.study.title)
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -1,9 +1,10 @@
-"""The five kinds of study (the roles a file's runs may take, the ones it needs, the analysis, its
-settings, an extra measurement per run) and `load_study`, which reads a study file and checks it
-against its kind before anything trains."""
+"""The six kinds of study (the roles a file's runs may take, the ones it needs, the analysis, its
+settings, an extra measurement per run, a kind's own expansion of the runs) and `load_study`, which
+reads a study file and checks it against its kind before anything trains."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from ...config import find_config, load_config
 from ...core.errors import ConfigError
 from ..ablation import format_value
-from .analysis import Analysis, Results, analyse_depth, analyse_fusion, analyse_modes, analyse_stepwise
+from .analysis import Analysis, Results, analyse_depth, analyse_fusion, analyse_modes, analyse_semi, analyse_stepwise
 from .spec import FILE_KEYS, QUICK_KEYS, RUN_KEYS, RUN_REF, SEEDS_FULL, SEEDS_QUICK, Study, StudyRun, expand_run, split_scoped
 from .uap import UAP_SETTINGS, analyse_uap, measure_uap
 
@@ -28,6 +29,84 @@ class Kind:
     analyse: Callable[[Results, Path], Analysis]
     settings: dict = field(default_factory=dict)
     measure: Callable[[Path, DictConfig, Study, Path], dict] | None = None  # extra per-run values
+    # the kind's own expansion of the file's runs (after `each`): (file, runs, settings, base config) -> (entry, run) pairs
+    expand: Callable[[Path, list[StudyRun], dict, DictConfig], list[tuple[str, StudyRun]]] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# The semi study's labelled fractions
+
+SEMI_SETTINGS = {
+    "pool": 240,  # training studies per fraction's synthetic set: round(fraction * pool) labelled, the rest unlabelled
+    "fractions": [0.1, 0.25, 0.5],  # one synthetic set (and one run per entry) per labelled fraction; [] or null: runs as written
+    "bar_fraction": 0.1,  # issue 23's bar: at this fraction, tri_net - labelled >= bar_auc (mean over >= 3 seeds)
+    "bar_auc": 0.03,
+}
+SEMI_METHODS = {"labelled": "none", "pseudo_label": "pseudo_label", "tri_net": "tri_net"}  # role -> train.semi.method
+
+
+def fraction_label(fraction: float) -> str:
+    """0.1 -> "10pct", 0.125 -> "12.5pct": the suffix of a fraction's run names and data root."""
+    return f"{fraction * 100:.4g}pct"
+
+
+def expand_fractions(path: Path, runs: list[StudyRun], settings: dict, cfg: DictConfig) -> list[tuple[str, StudyRun]]:
+    """Each run once per labelled fraction, fraction by fraction: `{name}-{pct}pct` on the synthetic set
+    `{data.root}-{pct}pct` of `pool` training studies, round(fraction * pool) of them labelled
+    (data.synthetic.num_train) and the rest unlabelled (data.synthetic.num_unlabelled, in {root}/unlabelled,
+    which the pseudo_label and tri_net runs read as data.unlabelled_root). Every run of a fraction has the
+    same synthetic settings, so they share one generated set; `run:NAME` becomes that fraction's run NAME.
+    Each run's train.semi.method must match its role."""
+    for run in runs:
+        method = run.values.get("train.semi.method", cfg.train.semi.method)
+        if method != SEMI_METHODS[run.role]:
+            raise ConfigError(
+                f"study file {path}: run '{run.name}': role {run.role} trains with train.semi.method={SEMI_METHODS[run.role]}, "
+                f"the run has {method}"
+            )
+    for key in ("bar_fraction", "bar_auc"):
+        if not isinstance(settings.get(key), (int, float)) or isinstance(settings.get(key), bool):
+            raise ConfigError(f"study file {path}: setting '{key}' must be a number, got {settings.get(key)!r}")
+    fractions, pool = settings.get("fractions"), settings.get("pool")
+    if fractions is None or fractions == []:
+        return [(run.name, run) for run in runs]  # the runs as written (e.g. real data with its own data.unlabelled_root)
+    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 2:
+        raise ConfigError(f"study file {path}: setting 'pool' must be a number of training studies >= 2, got {pool!r}")
+    if not isinstance(fractions, list) or not all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f < 1 for f in fractions
+    ):
+        raise ConfigError(f"study file {path}: setting 'fractions' must be a list of labelled fractions in (0, 1), e.g. [0.1, 0.25], got {fractions!r}")
+    if cfg.data.format != "synthetic":
+        raise ConfigError(
+            f"study file {path}: setting 'fractions' splits a synthetic set (data.format=synthetic), not data.format={cfg.data.format}; "
+            "for other data set fractions: [] and give the runs data.unlabelled_root"
+        )
+    labels = [fraction_label(f) for f in fractions]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"study file {path}: setting 'fractions' repeats a fraction: {fractions}")
+    expanded = []
+    for fraction, label in zip(fractions, labels):
+        labelled = round(fraction * pool)
+        held_out = math.floor(labelled * cfg.data.val_fraction) if cfg.data.val_fraction is not None else 0
+        if not 1 <= labelled < pool or (cfg.data.val_fraction is not None and not 1 <= held_out < labelled):
+            raise ConfigError(
+                f"study file {path}: fraction {fraction} of a pool of {pool} labels {labelled} studies"
+                + (f", of which data.val_fraction={cfg.data.val_fraction} holds out {held_out} to choose the epoch" if cfg.data.val_fraction is not None else "")
+                + "; each fraction needs labelled studies to train on (and to choose the epoch) and unlabelled ones"
+            )
+        root = f"{cfg.data.root}-{label}"
+        for run in runs:
+            values = {
+                **{key: f"{value}-{label}" if isinstance(value, str) and value.startswith(RUN_REF) else value for key, value in run.values.items()},
+                "data.root": root,
+                "data.synthetic.num_train": labelled,
+                "data.synthetic.num_unlabelled": pool - labelled,
+            }
+            if run.role != "labelled":
+                values["data.unlabelled_root"] = f"{root}/unlabelled"
+            shown = {key: format_value(value) for key, value in values.items()}
+            expanded.append((run.name, StudyRun(f"{run.name}-{label}", run.role, values, shown)))
+    return expanded
 
 
 KINDS: dict[str, Kind] = {
@@ -36,6 +115,7 @@ KINDS: dict[str, Kind] = {
     "uap": Kind(("pretrained", "scratch"), ("pretrained", "scratch"), analyse_uap, UAP_SETTINGS, measure_uap),
     "stepwise": Kind(("intermediate", "stepwise", "direct"), ("intermediate", "stepwise", "direct"), analyse_stepwise),
     "fusion": Kind(("transmed", "late_fusion", "mrnet", "cnn3d", "single"), ("transmed",), analyse_fusion),
+    "semi": Kind(tuple(SEMI_METHODS), ("labelled", "tri_net"), analyse_semi, SEMI_SETTINGS, expand=expand_fractions),
 }
 
 
@@ -132,6 +212,13 @@ def load_study(
                         raise ConfigError(f"study file {path}: run '{name}': {key}: {value}: no earlier run is named '{ref}'")
             runs.append(StudyRun(name, str(entry["role"]), values, shown))
             per_run[name] = own  # expanded runs keep their entry's
+    if analysis.expand is not None:
+        expanded = analysis.expand(path, runs, settings, base_seen)
+        names = [run.name for _, run in expanded]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ConfigError(f"study file {path}: two runs are named {twice[0]!r}")
+        runs, per_run = [run for _, run in expanded], {run.name: per_run[entry] for entry, run in expanded}
     missing = [role for role in analysis.required if not any(run.role == role for run in runs)]
     if missing:
         raise ConfigError(f"study file {path}: study '{kind}' needs runs with the role(s) {missing}")
