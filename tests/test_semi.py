@@ -242,3 +242,14 @@ def test_pseudo_label_on_multiclass_studies(tmp_path):
     run = train(load_config(None, tiny_nifti_overrides(root, tmp_path, **settings)))
     (round_,) = [json.loads(line) for line in (run / "semi.jsonl").read_text().splitlines()]
     assert round_["unlabelled"] == 4 and round_["entries"] == round_["pseudo_labelled"] and round_["correct"] <= round_["entries"]
+
+
+def test_semi_method_none_on_the_command_line_is_the_choice_not_null():
+    from transmed.config import load_config
+    from transmed.core.errors import ConfigError
+
+    assert load_config(None, ["train.semi.method=none"]).train.semi.method == "none"
+    with pytest.raises(ConfigError, match="needs config key 'data.unlabelled_root'"):
+        load_config(None, ["train.semi.method=tri_net"])
+    with pytest.raises(ConfigError, match="model.name=late_fusion is not one"):
+        load_config(None, ["train.semi.method=pseudo_label", "data.unlabelled_root=u", "model.name=late_fusion"])

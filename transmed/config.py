@@ -363,8 +363,11 @@ def _validate_combinations(cfg: DictConfig) -> None:
             f"train.semi.method={semi.method} needs config key 'data.unlabelled_root': a folder of studies without labels "
             f"in data.root's format (transmed synthetic ROOT --unlabelled N writes one in ROOT/unlabelled)"
         )
-    if semi.method == "tri_net" and not str(m.name).startswith("transmed"):
-        raise ConfigError(f"train.semi.method=tri_net puts three heads on a TransMed model; model.name={m.name} has one head")
+    if semi.method != "none" and not str(m.name).startswith("transmed"):
+        raise ConfigError(
+            f"train.semi.method={semi.method} pseudo-labels with a TransMed model's heads; model.name={m.name} is not one "
+            f"(use model.name=transmed, or train.semi.method=none)"
+        )
     if syn.max_slices < syn.min_slices:
         raise ConfigError(
             f"invalid value for config key 'data.synthetic.max_slices': {syn.max_slices}; "
@@ -381,7 +384,8 @@ def _parse_override(item: str) -> DictConfig:
     except OmegaConfBaseException as err:
         raise ConfigError(f"cannot parse override {item!r} for key '{key}': {err}") from None
     value = OmegaConf.select(dotted, key)
-    if isinstance(value, str) and value.lower() in ("null", "none"):
+    keeps_none = "none" in CHOICES.get(key, ())  # `train.semi.method=none` is a choice, not null
+    if isinstance(value, str) and value.lower() in ("null", "none") and not (keeps_none and value == "none"):
         OmegaConf.update(dotted, key, None)
     return dotted
 
