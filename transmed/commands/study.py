@@ -1,6 +1,6 @@
 """Seed studies: transmed study FILE [--base CONFIG] [--group NAME] [--quick] [--bootstrap N] [key=value ...]
 
-FILE is a study (configs/studies/depth.yaml, modes.yaml, uap.yaml, stepwise.yaml, fusion.yaml; a bare
+FILE is a study (configs/studies/depth.yaml, modes.yaml, uap.yaml, stepwise.yaml, fusion.yaml, semi.yaml; a bare
 name such as studies/depth.yaml is looked up in configs/): a paper's claim and the runs that test it
 on any config (the file's base, or --base). Every run trains as in `transmed ablate`, once per
 training seed (the file's `seeds`: 3 by default, 1 with --quick), in one W&B group; the study writes

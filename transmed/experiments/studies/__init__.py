@@ -1,9 +1,9 @@
-"""Seed studies (`transmed study FILE`): a published claim about transfer learning or fusion, tested
-on any config, in one command that trains the runs and writes `report.md` with its PNGs.
+"""Seed studies (`transmed study FILE`): a published claim about transfer learning, fusion or learning
+from unlabelled studies, tested on any config, in one command that trains the runs and writes `report.md` with its PNGs.
 
 A study file (`configs/studies/*.yaml`) is YAML:
 
-    study: depth                       # the analysis: depth | modes | uap | stepwise | fusion
+    study: depth                       # the analysis: depth | modes | uap | stepwise | fusion | semi
     title: How deeply to fine-tune the ImageNet stem
     paper: Kandel & Castelli 2020, Appl. Sci. 10:3359
     claim: Fine-tuning the whole network is not always best; ...
@@ -44,7 +44,7 @@ together: "holds" or "does not hold" only when the interval excludes 0, "inconcl
 Modules: `spec` (what a study file holds: `Study`, its runs, `each` and `NAME:key=value`, one config
 per run), `stats` (intervals and claim verdicts), `analysis` (what the analyses read, the depth, modes,
 stepwise and fusion analyses, their plots), `uap` (the uap study's measurement and analysis), `kinds`
-(the five kinds of study and `load_study`, which checks a file against its kind), `runner` (`run_study`,
+(the six kinds of study and `load_study`, which checks a file against its kind), `runner` (`run_study`,
 report.md and the W&B report run). `run_study` is the one entry point; `transmed study` is its command.
 """
 
