@@ -156,6 +156,17 @@ def test_the_shipped_pooling_recipes_export_with_dynamic_batch_and_slices(pool, 
     assert_program_matches(out, checkpoint, batch_sizes=(2, 1))
 
 
+def test_a_tri_net_model_exports_as_the_mean_of_its_three_heads(mrnet_root, runs):
+    """`train.semi.method=tri_net` checkpoints: the exported ONNX graph gives the mean of the classifiers' logits."""
+    checkpoint = save_untrained(mrnet_root, runs, "tri-net", **{"train.semi.method": "tri_net", "data.unlabelled_root": "unused"})
+    assert_checked(export_checkpoint(checkpoint, "onnx", runs / "tri-net.onnx"))
+    model = load_trained(checkpoint).model
+    assert model.num_classifiers == 3
+    x, mask = study_batch(6)
+    with torch.no_grad():
+        assert torch.allclose(model(x, mask), model(x, mask, classifiers=True).mean(dim=1), atol=1e-6)
+
+
 def test_monai_bundle_passes_monai_verification(stride1, runs):
     from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
