@@ -253,3 +253,20 @@ def test_semi_method_none_on_the_command_line_is_the_choice_not_null():
         load_config(None, ["train.semi.method=tri_net"])
     with pytest.raises(ConfigError, match="model.name=late_fusion is not one"):
         load_config(None, ["train.semi.method=pseudo_label", "data.unlabelled_root=u", "model.name=late_fusion"])
+
+
+def test_confidence_is_judged_without_the_loss_weights_shift(monkeypatch):
+    """A pos_weight of 4 multiplies the odds a trained model gives by 4: a logit of log 4 + 1 (p 0.92) is
+    p 0.73 unweighted, not confident at 0.9; for a task weighted 1/4 a logit of 1 (p 0.73) is p 0.92."""
+    import math
+
+    bias = torch.tensor([[math.log(4) + 1, 1.0, 3.0]])
+    model = _Heads(torch.zeros(1, 3, 2), bias)
+    monkeypatch.setattr(semi, "pre_logits", lambda *a, **k: (["0000"], torch.zeros(1, 2)))
+    from transmed.config import load_config
+
+    cfg = load_config(None, ["data.unlabelled_root=u", "train.semi.method=pseudo_label"])
+    plain, _ = pseudo_labels(model, None, KNEE, torch.device("cpu"), cfg, epoch=4)
+    shifted, _ = pseudo_labels(model, None, KNEE, torch.device("cpu"), cfg, epoch=4, weight=torch.tensor([4.0, 0.25, 1.0]))
+    assert np.array_equal(plain[0, 0], [1, np.nan, 1], equal_nan=True)
+    assert np.array_equal(shifted[0, 0], [np.nan, 1, 1], equal_nan=True)

@@ -206,16 +206,21 @@ def pseudo_labels(
     cfg: DictConfig,
     epoch: int,
     truth: Optional[dict] = None,
+    weight: Optional[torch.Tensor] = None,
 ) -> tuple[np.ndarray, Round]:
     """(N, C, K) targets for the unlabelled studies of `loader` (NaN: none), and the round's record.
 
     `pseudo_label`: classifier 0's confident decisions. `tri_net`: for classifier v, the decisions
     on which the other two agree, both confident, and unchanged in every dropout pass of both.
+    `weight`: the loss's `pos_weight` (multilabel) or class weights (`SemiLoss.weight`). A weighted loss
+    is minimised by odds multiplied by the weight, so confidence is judged on the logits less
+    log(weight), the probabilities an unweighted model would give: otherwise a rare task's
+    negatives look confidently positive, and each round's pseudo-labels feed the next.
     `truth` (study id -> label, from the synthetic generator) only scores the pseudo-labels.
     """
     semi = cfg.train.semi
     ids, features = pre_logits(model, loader, device, cfg.train.amp)
-    cpu_head = _CPUHead(model)
+    cpu_head = _CPUHead(model, weight)
     probs = spec.probabilities(cpu_head.classify(features, classifiers=True))  # (N, C, K)
     decided, confident = decisions(probs, spec, semi.threshold)
     n, c, k = probs.shape
@@ -256,14 +261,16 @@ def pseudo_labels(
 
 class _CPUHead:
     """A copy of the model's heads on the CPU (`TransMed.classify`'s arithmetic), so the dropout passes
-    and the decisions run beside the features whatever device trains."""
+    and the decisions run beside the features whatever device trains; with `loss_weight`, the logits
+    less log(loss_weight) (see `pseudo_labels`)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss_weight: Optional[torch.Tensor] = None) -> None:
         self.weight, self.bias = model.head.weight.detach().float().cpu(), model.head.bias.detach().float().cpu()
         self.shape = (model.num_classifiers, model.num_outputs)
+        self.shift = torch.zeros(self.shape[1]) if loss_weight is None else loss_weight.detach().float().cpu().log()
 
     def classify(self, features: torch.Tensor, classifiers: bool = True) -> torch.Tensor:
-        return F.linear(features, self.weight, self.bias).unflatten(-1, self.shape)
+        return F.linear(features, self.weight, self.bias).unflatten(-1, self.shape) - self.shift
 
 
 def _correct(ids: list[str], label: torch.Tensor, assign: torch.Tensor, spec: LabelSpec, truth: Optional[dict]) -> Optional[int]:

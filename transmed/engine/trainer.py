@@ -312,7 +312,9 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             warm = epoch <= cfg.train.semi.warmup_epochs
             pseudo = no_pseudo
             if not warm:
-                pseudo, semi_round = pseudo_labels(model, unlabelled_loader, spec, device, cfg, epoch, unlabelled_ds.truth)
+                pseudo, semi_round = pseudo_labels(
+                    model, unlabelled_loader, spec, device, cfg, epoch, unlabelled_ds.truth, train_criterion.weight
+                )
             epoch_loader = semi_loader(
                 cfg, train_ds, smeared if warm else plain, unlabelled_ds, pseudo, epoch_seed, dist_info.rank, dist_info.world_size
             )
