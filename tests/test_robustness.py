@@ -54,6 +54,37 @@ def test_perturbation_stays_on_real_slices_and_in_range():
     out = R.apply_perturbation(x, mask, rho)
     assert torch.equal(out[~mask], x[~mask])  # padded slices (and a missing modality) untouched
     assert torch.equal(out[mask], (x[mask] + 0.5).clamp(0, 1)) and out.max() <= 1
+    own = torch.stack([rho, -rho])  # one perturbation per study
+    out = R.apply_perturbation(x, mask, own)
+    assert torch.equal(out[0], R.apply_perturbation(x[:1], mask[:1], rho)[0]) and torch.equal(out[1], R.apply_perturbation(x[1:], mask[1:], -rho)[0])
+
+
+def test_a_step_counts_only_where_it_fools_its_own_study():
+    """ART's rule: a study's FGSM step is kept only if it fools that study; the kept steps move the UAP."""
+
+    class Brightness(torch.nn.Module):
+        """Class p while the mean of the real slices is above 0.5."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            m = mask[:, 0].float()
+            s = (x[:, 0].mean((-2, -1)) * m).sum(1) / m.sum(1) - 0.5
+            return torch.stack([s, -s], 1) * 10
+
+    mask = torch.ones(2, 1, 3, dtype=torch.bool)
+    mask[1, 0, 2] = False  # a shorter study: its padded slice stays zero
+    x = torch.full((2, 1, 3, 4, 4), 0.6) * mask[..., None, None]
+    batches = [{"x": x, "mask": mask, "id": ["a", "b"]}]
+    spec = LabelSpec("multiclass", ("p", "q"))
+    # a step to the whole budget (0.06 off each pixel) fools neither study: nothing is kept
+    small = R.craft_uap(Brightness(), spec, batches, zeta=0.1, step=1.0, max_iter=2, early_stop=False)
+    assert torch.equal(small.perturbation, torch.zeros(1, 4, 4)) and small.crafting_rate == 0 and small.passes == 2
+    # with a budget of 0.5 of a slice's norm (2.4) the step (0.3 off each pixel) fools both, and is kept
+    large = R.craft_uap(Brightness(), spec, batches, zeta=0.5, step=1.0, max_iter=2)
+    assert torch.allclose(large.perturbation, torch.full((1, 4, 4), -0.3)) and large.crafting_rate == 1 and large.passes == 1
 
 
 def _preds(ids, probs) -> Predictions:
@@ -78,7 +109,8 @@ def test_uap_fools_the_model_far_more_than_random_noise(learned, tmp_path, capsy
     from transmed.commands.robustness import main
 
     out = tmp_path / "uap"
-    main(["--checkpoint", str(learned), "--zeta", "0.2", "--max-iter", "2", "--random-trials", "2", "--out", str(out)])
+    # the UAP grows by kept steps only (ART's rule): steps of 0.2 of the budget reach it in two passes over 24 studies
+    main(["--checkpoint", str(learned), "--zeta", "0.2", "--step", "0.2", "--max-iter", "2", "--random-trials", "2", "--out", str(out)])
     result = json.loads((out / "uap.json").read_text())
     assert result == json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert result["fooling_rate"] >= result["random_fooling_rate"] + 0.3
@@ -157,33 +189,35 @@ def test_crafting_from_a_folder_of_other_images(learned, tmp_path):
         R.image_folder_batches(tmp_path / "empty", cfg, 2)
 
 
-@pytest.mark.xfail(
-    reason="measured 2026-12-05 on this tiny model: at equal L2 norm the project's mini-batch UAP fooled 0.20-0.28 of the "
-    "held-out inputs against ART's 0.375-0.40 (0.55-0.69x; batch sizes 1-8, steps 0.2-0.5), short of the 0.8x the issue asks",
-    strict=False,
-)
-def test_project_uap_fools_at_least_0_8_times_as_often_as_art_at_equal_norm(tmp_path):
-    """Reference check against the Adversarial Robustness Toolbox (Minagi et al.'s tool): ART's
-    UniversalPerturbation with FGSM steps and the project's UAP, on one tiny model, at equal L2 norm
-    (the project's budget is ART's achieved norm), fooling rates on held-out inputs."""
-    pytest.importorskip("art")
+def _uap_against_art(seed: int, order: int = 0) -> dict:
+    """ART's UniversalPerturbation (FGSM steps, as Minagi et al. use it) and the project's UAP on one tiny
+    model, with the same settings (step 0.5 of the norm, 5 passes, delta 0.2), at equal L2 norm (the
+    project's budget is ART's achieved norm); fooling rates on held-out inputs, and a random control
+    at that norm. The model learns its bands from training images apart from the crafting ones (a
+    UAP crafted on the very images a tiny model memorised says little about held-out ones), and the
+    crafting and held-out sets are large enough that one crafting run's rate is not mostly chance.
+    `seed` draws the images and the model, `order` the crafting orders (ART's and the project's)."""
+    import random
+
     from art.attacks.evasion import UniversalPerturbation
     from art.estimators.classification import PyTorchClassifier
 
     from transmed import create_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     spec = LabelSpec("multiclass", ("top", "middle", "bottom"))
     model = create_model("transmed_tiny", num_modalities=1, num_outputs=3, backbone="test_resnet", pretrained=False, depth=1)
-    slices = 3
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(80, 1, 32, 32, generator=gen)  # the class: the brightest horizontal band, made brighter
-    labels = torch.stack([images[:, 0, i * 10 : (i + 1) * 10].mean((1, 2)) for i in range(3)], 1).argmax(1)
-    images = (images + 0.3 * F.one_hot(labels, 3).float().repeat_interleave(11, 1)[:, None, :32, None]).clamp(0, 1)
-    stacks = images[:, :, None].expand(-1, -1, slices, -1, -1)
+    slices, n_train, n_craft, n_held = 3, 200, 160, 400
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand(n_train + n_craft + n_held, 1, 32, 32, generator=gen)  # the class: the brightest horizontal band, made brighter
+    band = torch.arange(32) * 3 // 32
+    labels = torch.stack([images[:, 0, band == i].mean((1, 2)) for i in range(3)], 1).argmax(1)
+    images = (images + 0.3 * F.one_hot(labels, 3).float()[:, band][:, None, :, None]).clamp(0, 1)
+    train, craft, held_out = images.split([n_train, n_craft, n_held])
+    stacks = train[:, :, None].expand(-1, -1, slices, -1, -1)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(25):  # learn the bands from the crafting half
-        loss = F.cross_entropy(model(stacks[:40], torch.ones(40, 1, slices, dtype=torch.bool)), labels[:40])
+    for _ in range(40):
+        loss = F.cross_entropy(model(stacks, torch.ones(n_train, 1, slices, dtype=torch.bool)), labels[:n_train])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -200,7 +234,6 @@ def test_project_uap_fools_at_least_0_8_times_as_often_as_art_at_equal_norm(tmp_
             x = z[:, :, None].expand(-1, -1, slices, -1, -1)
             return self.model(x, torch.ones(x.shape[:3], dtype=torch.bool))
 
-    craft, held_out = images[:40], images[40:]
     classifier = PyTorchClassifier(
         Images(), torch.nn.CrossEntropyLoss(), input_shape=(1, 32, 32), nb_classes=3, clip_values=(0.0, 1.0), device_type="cpu"
     )
@@ -208,31 +241,57 @@ def test_project_uap_fools_at_least_0_8_times_as_often_as_art_at_equal_norm(tmp_
     attack = UniversalPerturbation(
         classifier, attacker="fgsm", attacker_params={"norm": 2, "eps": 0.5 * radius}, delta=0.2, max_iter=5, eps=radius, norm=2, verbose=False
     )
-    np.random.seed(0)
-    import random
-
-    random.seed(0)
+    np.random.seed(seed + order)
+    random.seed(seed + order)
     attack.generate(craft.numpy())
     art_rho = torch.from_numpy(attack.noise[0]).float()
     art_norm = float(R.lp_norm(art_rho, "l2")[0])
-    assert art_norm > 0
 
     def studies(z: torch.Tensor) -> list[dict]:
         x = z[:, :, None].expand(-1, -1, slices, -1, -1).contiguous()
-        return [
-            {"x": x[i : i + 8], "mask": torch.ones(x[i : i + 8].shape[:3], dtype=torch.bool), "id": [str(j) for j in range(i, i + 8)]}
-            for i in range(0, len(x), 8)
-        ]
+        mask, ids = torch.ones(x.shape[:3], dtype=torch.bool), [str(j) for j in range(len(x))]
+        return [{"x": x[i : i + 8], "mask": mask[i : i + 8], "id": ids[i : i + 8]} for i in range(0, len(x), 8)]
 
-    crafting = studies(craft)
+    class Shuffled:
+        """The crafting batches in a new order each time through, as the training loader gives them."""
+
+        def __init__(self, batches: list[dict]) -> None:
+            self.batches, self.generator = batches, torch.Generator().manual_seed(seed + order)
+
+        def __iter__(self):
+            return iter([self.batches[i] for i in torch.randperm(len(self.batches), generator=self.generator).tolist()])
+
+    crafting = Shuffled(studies(craft))
     zeta = art_norm / R.mean_slice_norm(crafting, "l2")  # the project's budget: ART's achieved norm
-    ours = R.craft_uap(model, spec, crafting, zeta=zeta, norm="l2", step=0.2, max_iter=10, early_stop=False)
-    assert art_norm * 0.95 <= float(ours.norms[0]) <= art_norm * (1 + 1e-5)  # equal norms
+    ours = R.craft_uap(model, spec, crafting, zeta=zeta, norm="l2", step=0.5, max_iter=5, delta=0.2)
     evaluation = studies(held_out)
     clean = R.predict_with(model, spec, evaluation)
-    ours_rate = R.success_rate(clean, R.predict_with(model, spec, evaluation, ours.perturbation), spec)
-    art_rate = R.success_rate(clean, R.predict_with(model, spec, evaluation, art_rho), spec)
-    assert ours_rate >= 0.8 * art_rate, (ours_rate, art_rate, float(ours.norms[0]), art_norm, radius, ours.passes, ours.crafting_rate)
+    rate = lambda rho: R.success_rate(clean, R.predict_with(model, spec, evaluation, rho), spec)  # noqa: E731
+    return {
+        "accuracy": float((torch.from_numpy(clean.probs).argmax(1) == labels[-n_held:]).float().mean()),
+        "ours": rate(ours.perturbation),
+        "art": rate(art_rho),
+        "control": rate(R.random_control(ours, torch.Generator().manual_seed(seed))),
+        "our_norm": float(ours.norms[0]),
+        "art_norm": art_norm,
+        "passes": ours.passes,
+        "crafting_rate": ours.crafting_rate,
+    }
+
+
+def test_project_uap_fools_at_least_0_8_times_as_often_as_art_at_equal_norm():
+    """Reference check against the Adversarial Robustness Toolbox (Minagi et al.'s tool): at equal L2 norm
+    the project's UAP fools held-out inputs at least 0.8 times as often as ART's. Measured with
+    `_uap_against_art` over seeds 0-11 (2026-12, 2-core CPU): one run each, 1.2x to 7.1x (seed 3:
+    1.22x and 1.30x in two runs; runs are not bit-identical, the threads' float sums differ and the
+    crafting amplifies that); three orders each (six on seeds 3 and 9), every pairing of a project run
+    with an ART run >= 0.96x, while ART against itself in another order ranged 0.11x to 9x."""
+    pytest.importorskip("art")
+    result = _uap_against_art(seed=3)
+    assert result["accuracy"] >= 0.9, result  # the model learned the bands
+    assert result["art_norm"] * 0.95 <= result["our_norm"] <= result["art_norm"] * (1 + 1e-5), result  # equal norms
+    assert result["art"] >= result["control"] + 0.1, result  # the reference UAP is not noise
+    assert result["ours"] >= 0.8 * result["art"], result
 
 
 def test_the_command_spells_the_norms_as_the_library_does():

@@ -6,11 +6,33 @@ applies to studies of any slice count. Its size is set relative to the inputs: e
 `rho_m` is projected onto the Lp ball of radius `zeta` times the mean Lp norm of a real slice image
 of the crafting inputs (p = 2 or inf).
 
-Crafting is the iterative algorithm of Hirano & Takemoto (2020) with FGSM steps: passes over the
-crafting studies in shuffled mini-batches; the studies of a batch that `rho` does not fool yet
-give the loss gradient with respect to `rho`; a step of `step * radius` along its sign (linf) or
-its per-modality unit direction (l2); projection back onto the ball. Passes stop after `max_iter`
-or, with `early_stop`, when the crafting fooling (or targeted success) rate reaches `1 - delta`.
+Crafting is the algorithm of ART's `UniversalPerturbation` with FGSM steps (Moosavi-Dezfooli et al.
+2017; Hirano & Takemoto 2020; the tool Minagi et al. use), taken a mini-batch at a time: passes over
+the crafting studies (a shuffling loader gives a new order each pass); in a batch, each study that
+`rho` does not fool yet takes its own FGSM step of `step * radius` from `rho` (the loss gradient with
+respect to its own copy of `rho`, so summed over its real slices; its sign (linf) or per-modality
+unit direction (l2)), and the step is kept only if it fools that study (`rho` plus the step,
+projected onto the ball, changes its decision, or puts it on target): ART's rule. `rho` then moves by
+`step * radius` along the sum of the kept steps and is projected back onto the ball; a batch with no
+kept step leaves it as it is. After each pass the crafting fooling (or targeted success) rate is
+measured; passes stop after `max_iter` or, with `early_stop`, once that rate reaches `1 - delta`; the
+perturbation returned is the pass's with the highest rate (ties: the later one). Since `rho` grows
+only by kept steps, a small `step` on a small crafting set needs many passes to reach the budget.
+
+Where this differs from ART's loop: ART walks the inputs one at a time and applies each kept step at
+once, so the next input sees it; here the studies of a batch step from the same `rho` and their kept
+steps make one step (a forward and backward pass per batch, not per input). ART returns the last
+pass's perturbation, which a later pass can make worse; here the best pass's. ART takes its FGSM step
+on the unclamped input plus `rho` and keeps `clip(x + rho + step) - x` for that one input `x`, so one
+input's clipping shapes the universal perturbation; here `rho` itself is stepped and every study
+sees `clamp(x + rho)`. The rule before this one took a projected gradient step on each batch's
+not-yet-fooled studies whether or not it fooled any and returned the last pass: it kept chasing the
+studies no step fools, and on the tiny models of tests/test_robustness.py (twelve, one crafting run
+each; ART with the same step, passes and delta) its UAP fooled held-out inputs 0.44x to 5.8x as often
+as ART's at equal norm. This rule's fooled them 1.2x to 7x as often, and no pairing of one of its runs
+with one of ART's (three crafting orders each, six on two models) fell below 0.96x, where ART against
+itself in another order ranged from 0.11x to 9x.
+
 Crafting usually stops short of the ball's surface, so the UAP's achieved norm (per modality) is
 recorded beside the budget, and the random control is drawn at the achieved norm (as Minagi et al.'s
 code does): a control at the budget would be larger than the UAP it is compared with.
@@ -58,7 +80,7 @@ class UAP:
     radius: float  # Lp norm of each modality's perturbation
     mean_input_norm: float  # mean Lp norm of a real slice image of the crafting inputs
     passes: int
-    crafting_rate: float  # fooling rate (or targeted success rate) on the crafting inputs
+    crafting_rate: float  # fooling rate (or targeted success rate) on the crafting inputs, of the pass kept
     norm: str = "l2"
 
     @property
@@ -68,8 +90,10 @@ class UAP:
 
 
 def apply_perturbation(x: torch.Tensor, mask: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """x (B, M, S, H, W) plus rho (M, H, W) on every real slice, clamped to [0, 1]; padding untouched."""
-    return torch.where(mask[..., None, None], (x + rho[None, :, None]).clamp(0, 1), x)
+    """x (B, M, S, H, W) plus rho (M, H, W) on every real slice, clamped to [0, 1]; padding untouched.
+    A (B, M, H, W) rho gives each study its own perturbation."""
+    rho = rho[:, :, None] if rho.dim() == 4 else rho[None, :, None]
+    return torch.where(mask[..., None, None], (x + rho).clamp(0, 1), x)
 
 
 def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
@@ -79,11 +103,17 @@ def lp_norm(t: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def project(rho: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
-    """Each modality's image onto the Lp ball of `radius`."""
+    """Each modality's image (each 2D image over the last two dimensions) onto the Lp ball of `radius`."""
     if norm == "linf":
         return rho.clamp(-radius, radius)
     scale = (radius / lp_norm(rho, norm).clamp(min=1e-12)).clamp(max=1.0)
-    return rho * scale[:, None, None]
+    return rho * scale[..., None, None]
+
+
+def unit_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest ascent direction of unit Lp norm for each 2D image: the sign (linf) or the gradient
+    over its L2 norm (l2), as FGSM takes it."""
+    return grad.sign() if norm == "linf" else grad / lp_norm(grad, norm).clamp(min=1e-12)[..., None, None]
 
 
 def random_perturbation(shape: Sequence[int], norms: float | torch.Tensor, norm: str, generator: torch.Generator) -> torch.Tensor:
@@ -184,6 +214,42 @@ def mean_slice_norm(batches: Iterable[dict], norm: str) -> float:
     return total / count
 
 
+def _succeeded(logits: torch.Tensor, spec: LabelSpec, before: torch.Tensor, target: Optional[int]) -> torch.Tensor:
+    """(B,) bool: fooled (decision changed) or, with a target, predicted on target."""
+    after = decisions(spec.probabilities(logits), spec)
+    return on_target(after, target) if target is not None else changed(before, after)
+
+
+def _batch_step(
+    model: nn.Module,
+    spec: LabelSpec,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    before: torch.Tensor,
+    rho: torch.Tensor,
+    target: Optional[int],
+    size: float,
+    radius: float,
+    norm: str,
+) -> torch.Tensor:
+    """ART's rule on one mini-batch: each study that `rho` does not fool yet takes its own FGSM step of
+    `size` from `rho`; `rho` moves by `size` along the summed steps of the studies whose own step
+    fools them (none: `rho` stays), and is projected back onto the ball."""
+    own = rho.detach().expand(len(x), *rho.shape).clone().requires_grad_(True)  # a copy per study: its gradient is that study's
+    logits = model(apply_perturbation(x, mask, own), mask).float()
+    todo = ~_succeeded(logits, spec, before, target)
+    if not todo.any():
+        return rho
+    (grad,) = torch.autograd.grad(_loss(logits[todo], spec, before[todo], target), own)
+    steps = size * unit_step(grad[todo], norm)
+    with torch.no_grad():
+        candidates = project(rho + steps, radius, norm)
+        flips = _succeeded(model(apply_perturbation(x[todo], mask[todo], candidates), mask[todo]).float(), spec, before[todo], target)
+    if not flips.any():
+        return rho
+    return project(rho + size * unit_step(steps[flips].sum(dim=0), norm), radius, norm)
+
+
 def craft_uap(
     model: nn.Module,
     spec: LabelSpec,
@@ -211,25 +277,19 @@ def craft_uap(
     clean_decision = dict(zip(clean.ids, decisions(torch.from_numpy(clean.probs), spec)))
     first = next(iter(batches))["x"]
     rho = torch.zeros(first.shape[1], *first.shape[-2:], device=device)
-    rate, passes = 0.0, 0
+    best, best_rate, passes = rho.clone(), -1.0, 0
     for passes in range(1, max_iter + 1):
         with eval_mode(model):
             for batch in progress(batches, desc=f"UAP pass {passes}/{max_iter}", unit="batches"):
                 x, mask = to_device(batch, device)
                 before = torch.stack([clean_decision[sid] for sid in batch["id"]]).to(device)
-                rho.requires_grad_(True)
-                logits = model(apply_perturbation(x, mask, rho), mask).float()
-                after = decisions(spec.probabilities(logits), spec)
-                todo = ~on_target(after, target) if target is not None else ~changed(before, after)
-                if todo.any():
-                    (grad,) = torch.autograd.grad(_loss(logits[todo], spec, before[todo], target), rho)
-                    direction = grad.sign() if norm == "linf" else grad / lp_norm(grad, norm).clamp(min=1e-12)[:, None, None]
-                    rho = project(rho.detach() + step * radius * direction, radius, norm)
-                rho = rho.detach()
+                rho = _batch_step(model, spec, x, mask, before, rho, target, step * radius, radius, norm)
         rate = success_rate(clean, predict_with(model, spec, batches, rho), spec, target)
+        if rate >= best_rate:  # a pass that fools fewer crafting studies than the best so far is not kept
+            best, best_rate = rho.clone(), rate
         if early_stop and rate >= 1 - delta:
             break
-    return UAP(rho.cpu(), radius, mean_norm, passes, rate, norm)
+    return UAP(best.cpu(), radius, mean_norm, passes, best_rate, norm)
 
 
 def image_folder_batches(folder: str | Path, cfg: DictConfig, batch_size: int) -> list[dict]:
