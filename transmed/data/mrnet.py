@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..core.errors import DataError, StudyError
-from .screening import OnError
+from .screening import OnError, unlabelled_folder
 from .splits import check_disjoint, stratified_holdout
 
 MRNET_SPLITS = ("train", "valid")
@@ -174,13 +174,7 @@ def read_mrnet_unlabelled(
     An exam without a file for every plane is a `StudyError`, raised or (skip) recorded by `on_error`.
     """
     on_error = on_error or OnError()
-    root = Path(root)
-    if not root.is_dir():
-        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
-        raise DataError(
-            f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as "
-            f"train/{{plane}}/NNNN.npy"
-        )
+    root = unlabelled_folder(root, "train/{plane}/NNNN.npy")
     _check_unlabelled_folder(root, planes)
     ids = sorted({path.stem for plane in planes for path in (root / "train" / plane).glob("*.npy")})
     if not ids:

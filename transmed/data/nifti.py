@@ -35,7 +35,7 @@ from monai.transforms import (
 )
 
 from ..core.errors import DataError, StudyError
-from .screening import OnError
+from .screening import OnError, unlabelled_folder
 from .splits import stratified_folds
 from .synthesis import UNLABELLED_DIR
 from .transforms import CheckStudyd, LoadStudyd, PadToSquared, finalize
@@ -266,13 +266,7 @@ def read_nifti_unlabelled(
     file, are `StudyError`s that `on_error` raises or records.
     """
     on_error = on_error or OnError()
-    root = Path(root)
-    if not root.is_dir():
-        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
-        raise DataError(
-            f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as "
-            f"{{patient_id}}/{{modality}}.nii.gz"
-        )
+    root = unlabelled_folder(root, "{patient_id}/{modality}.nii.gz")
     if _holds_mrnet_planes(root):
         raise DataError(
             f"data.unlabelled_root {root} holds train/{{plane}} folders of .npy files (the MRNet layout) but data.format is nifti; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..core.errors import DataError, StudyError
@@ -40,3 +41,12 @@ class OnError:
         if self.mode == "raise":
             raise err
         self.skipped.append(err.record())
+
+
+def unlabelled_folder(root: str | Path, layout: str) -> Path:
+    """`data.unlabelled_root` as a folder, or one line saying it is missing and the layout it should have."""
+    root = Path(root)
+    if not root.is_dir():
+        where = "" if root.is_absolute() else f" (that is {root.absolute()})"
+        raise DataError(f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as {layout}")
+    return root
