@@ -100,7 +100,7 @@ def test_shipped_study_files_parse_and_expand(path, monkeypatch, tmp_path):
             assert "model.init_from=run:intermediate" in stepwise.wandb.tags  # not the path: W&B tags are at most 64 characters
         if study.kind == "uap":
             assert study.settings["natural_images"] == "sample" and quick.settings["max_iter"] < study.settings["max_iter"]
-            assert study.settings["targeted"] and study.settings["early_stop"]
+            assert study.settings["targeted"] and study.settings["early_stop"] is False  # Minagi et al.: every pass
 
 
 def test_each_seed_of_a_stepwise_run_starts_from_the_intermediate_run_of_the_same_seed():

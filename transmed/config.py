@@ -339,8 +339,11 @@ RANGES: dict[str, tuple[Any, str]] = {
 
 def _validate_combinations(cfg: DictConfig) -> None:
     """Checks that involve several keys."""
-    for key in ("data.modalities", "data.tasks"):
+    for key, example in (("data.modalities", "[T1,T2]"), ("data.tasks", "[abnormal,acl]")):
         values = list(OmegaConf.select(cfg, key))
+        if any(not isinstance(v, str) for v in values):  # OmegaConf lets a nested list through a list[str]
+            shown = OmegaConf.to_container(OmegaConf.select(cfg, key))
+            raise ConfigError(f"invalid value for config key '{key}': {shown}; give a flat list of names, e.g. {key}={example}")
         if len(set(values)) != len(values):
             raise ConfigError(f"invalid value for config key '{key}': {values} names an entry twice")
     if cfg.data.format != "nifti" and not cfg.data.tasks:

@@ -253,7 +253,7 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
         f"those on target without it. Every UAP has the {st['norm']} norm budget zeta={st['zeta']:g} times the mean norm of a "
         f"training slice image (the natural UAPs' own zeta is rescaled to their inputs' norm; the achieved zeta in the table "
         f"is relative to a training slice image for every source); crafting "
-        + ("stops once the crafting rate reaches 1 - delta, usually short of the budget" if st["early_stop"] else f"runs all {st['max_iter']} passes")
+        + ("stops once the crafting rate reaches 1 - delta, usually short of the budget" if st["early_stop"] else f"runs all {st['max_iter']} passes and keeps the best one, whose norm can stay under the budget (only steps that fool a study are kept)")
         + f", so each random control ({st['random_trials']} draws) has its UAP's achieved norm, modality by modality. "
         f"Natural images: `{st['natural_images']}`"
         + (
