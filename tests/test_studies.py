@@ -463,13 +463,15 @@ def test_uap_study_measures_fooling_rates_with_wilson_intervals(tmp_path, small_
         for control, achieved in zip(uap["settings"]["control_norm"], uap["settings"]["achieved_norm"]):
             assert abs(control - achieved) <= 1e-6 * achieved  # the control at the UAP's own norm
         assert frame[f"uap/{source}/achieved_norm"].le(frame[f"uap/{source}/radius"] * (1 + 1e-5)).all()
+        relative = (frame[f"uap/{source}/control_norm"] - frame[f"uap/{source}/achieved_norm"]).abs() / frame[f"uap/{source}/achieved_norm"]
+        assert relative.fillna(0).le(1e-6).all()  # the report's random's norm is the UAP's (0 / 0 where a UAP stayed at zero)
     assert uap["settings"]["target"] in ("abnormal", "acl", "meniscus")
     natural = json.loads((out_dir / "scratch" / "seed-42" / "uap-natural" / "uap.json").read_text())["settings"]
     trained = json.loads((out_dir / "scratch" / "seed-42" / "uap-train" / "uap.json").read_text())["settings"]
     assert natural["radius"] == pytest.approx(trained["radius"], rel=1e-4)  # the same budget for both sources
     report = (out_dir / "report.md").read_text()
     assert "## Rates on held-out studies, mean over 1 seed(s)" in report and "random, same norm [95% CI]" in report
-    assert "achieved norm" in report and "budget (radius)" in report and "crafting-set rate" in report
+    assert "achieved norm" in report and "random's norm" in report and "budget (radius)" in report and "crafting-set rate" in report
     assert "| pretrained natural UAP vs pretrained random |" in report and "| scratch natural UAP vs pretrained natural UAP |" in report
     assert "| pretrained training UAP vs pretrained random (train) |" in report
     assert "| pretrained targeted natural UAP vs pretrained random (targeted) |" in report

@@ -125,6 +125,7 @@ def measure_uap(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> 
                 f"uap/{source}/random_rate": result["random_targeted_success_rate" if source == "targeted" else "random_fooling_rate"],
                 f"uap/{source}/radius": settings["radius"],
                 f"uap/{source}/achieved_norm": max(settings["achieved_norm"]),
+                f"uap/{source}/control_norm": max(settings["control_norm"]),  # the random draws' norm, measured
                 # relative to a training slice image for every source, as the budget's zeta is
                 f"uap/{source}/achieved_zeta": max(settings["achieved_norm"]) / results["train"]["settings"]["mean_input_norm"],
                 f"uap/{source}/passes": settings["passes"],
@@ -222,6 +223,7 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
                     "budget (radius)": row[f"uap/{source}/radius"],
                     "achieved norm": row[f"uap/{source}/achieved_norm"],
                     "achieved zeta": row[f"uap/{source}/achieved_zeta"],
+                    "random's norm": row.get(f"uap/{source}/control_norm", np.nan),
                     "passes": row[f"uap/{source}/passes"],
                     "crafting-set rate": row[f"uap/{source}/crafting_rate"],
                     "held-out rate": row[f"uap/{source}/rate"],
@@ -232,7 +234,10 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
                 }
             )
     three = {k: ".3f" for k in ("crafting-set rate", "held-out rate", "random, same norm", "AUC clean", "AUC with UAP")}
-    formats = {"budget (radius)": ".3g", "achieved norm": ".3g", "achieved zeta": ".3g", "passes": "d", "studies": "d", "seed": "d", **three}
+    formats = {
+        **{"budget (radius)": ".3g", "achieved norm": ".4g", "random's norm": ".4g", "achieved zeta": ".3g"},
+        **{"passes": "d", "studies": "d", "seed": "d", **three},
+    }
     arms = []
     for run in results.runs():
         for source, what in SOURCES.items():
