@@ -56,7 +56,8 @@ def test_perturbation_stays_on_real_slices_and_in_range():
     assert torch.equal(out[mask], (x[mask] + 0.5).clamp(0, 1)) and out.max() <= 1
     own = torch.stack([rho, -rho])  # one perturbation per study
     out = R.apply_perturbation(x, mask, own)
-    assert torch.equal(out[0], R.apply_perturbation(x[:1], mask[:1], rho)[0]) and torch.equal(out[1], R.apply_perturbation(x[1:], mask[1:], -rho)[0])
+    assert torch.equal(out[0], R.apply_perturbation(x[:1], mask[:1], rho)[0])
+    assert torch.equal(out[1], R.apply_perturbation(x[1:], mask[1:], -rho)[0])
 
 
 def test_a_step_counts_only_where_it_fools_its_own_study():

@@ -48,5 +48,7 @@ def unlabelled_folder(root: str | Path, layout: str) -> Path:
     root = Path(root)
     if not root.is_dir():
         where = "" if root.is_absolute() else f" (that is {root.absolute()})"
-        raise DataError(f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as {layout}")
+        raise DataError(
+            f"data.unlabelled_root not found: {root}{where}; set it to a folder of studies without labels, laid out as {layout}"
+        )
     return root

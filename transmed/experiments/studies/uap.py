@@ -235,9 +235,9 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
             )
     three = {k: ".3f" for k in ("crafting-set rate", "held-out rate", "random, same norm", "AUC clean", "AUC with UAP")}
     formats = {
-        **{"budget (radius)": ".3g", "achieved norm": ".4g", "random's norm": ".4g", "achieved zeta": ".3g"},
-        **{"passes": "d", "studies": "d", "seed": "d", **three},
-    }
+        "budget (radius)": ".3g", "achieved norm": ".4g", "random's norm": ".4g", "achieved zeta": ".3g",
+        "passes": "d", "studies": "d", "seed": "d", **three,
+    }  # fmt: skip
     arms = []
     for run in results.runs():
         for source, what in SOURCES.items():
@@ -258,7 +258,12 @@ def analyse_uap(results: Results, out_dir: Path) -> Analysis:
         f"those on target without it. Every UAP has the {st['norm']} norm budget zeta={st['zeta']:g} times the mean norm of a "
         f"training slice image (the natural UAPs' own zeta is rescaled to their inputs' norm; the achieved zeta in the table "
         f"is relative to a training slice image for every source); crafting "
-        + ("stops once the crafting rate reaches 1 - delta, usually short of the budget" if st["early_stop"] else f"runs all {st['max_iter']} passes and keeps the best one, whose norm can stay under the budget (only steps that fool a study are kept)")
+        + (
+            "stops once the crafting rate reaches 1 - delta, usually short of the budget"
+            if st["early_stop"]
+            else f"runs all {st['max_iter']} passes and keeps the best one, whose norm can stay under the budget (only steps "
+            "that fool a study are kept)"
+        )
         + f", so each random control ({st['random_trials']} draws) has its UAP's achieved norm, modality by modality. "
         f"Natural images: `{st['natural_images']}`"
         + (
