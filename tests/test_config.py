@@ -115,7 +115,7 @@ def test_backbone_lr_mult_follows_a_pretrained_start(overrides, expected, tmp_pa
     assert saved.train.backbone_lr_mult == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("name, pretrained", [("knee.yaml", 0.1), ("parotid.yaml", 1.0)])  # parotid: the stem at the full rate (issue 22)
+@pytest.mark.parametrize("name, pretrained", [("knee.yaml", 1.0), ("parotid.yaml", 1.0)])  # knee, parotid: the stem at the full rate (issue 22)
 def test_shipped_configs_train_a_from_scratch_stem_at_the_full_lr(name, pretrained):
     assert load_config(ROOT / "configs" / name).train.backbone_lr_mult == pytest.approx(pretrained)
     assert load_config(ROOT / "configs" / name, ["model.pretrained=false"]).train.backbone_lr_mult == pytest.approx(1.0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from transmed.core.labels import LabelSpec
 from transmed.engine import semi
-from transmed.engine.semi import SemiBatchSampler, SemiLoss, labelled_targets, pseudo_labels
+from transmed.engine.semi import SemiBatchSampler, SemiLoss, labelled_targets, pseudo_labels, round_limit
 
 KNEE = LabelSpec("multilabel", ("abnormal", "acl", "meniscus"))
 PAROTID = LabelSpec("multiclass", ("a", "b", "c", "d"))
@@ -104,6 +104,19 @@ def test_pseudo_label_keeps_confident_entries_only(monkeypatch):
     assert np.array_equal(targets[:, 0, :2], [[1, 0], [1, 0]]) and np.isnan(targets[:, 0, 2]).all()
     assert (record.pseudo_labelled, record.entries, record.correct, record.edited) == (2, 4, 3, 0)
     assert record.metrics()["semi/accuracy"] == 0.75
+
+
+def test_round_size_keeps_the_most_confident_studies_and_doubles_each_round(monkeypatch):
+    assert [round_limit(2, t, 10) for t in (1, 2, 3, 4)] == [2, 4, 8, 10] and round_limit(0, 1, 10) == 10
+    weight = torch.zeros(1, 3, 1)
+    weight[0, :, 0] = torch.tensor([1.0, -1.0, 1.0])  # the feature is each study's margin on every task
+    features = torch.tensor([[3.0], [6.0], [4.0], [5.0]])
+    # epoch 5 after 3 warm-up epochs is round 2: N_t = 1 x 2 studies, the two surest (studies 1 and 3)
+    targets, record = _run(monkeypatch, _Heads(weight, torch.zeros(1, 3)), features, "pseudo_label", round_size=1)
+    assert [not np.isnan(t).all() for t in targets[:, 0]] == [False, True, False, True]
+    assert (record.pseudo_labelled, record.limit, record.entries) == (2, 2, 6)
+    targets, record = _run(monkeypatch, _Heads(weight, torch.zeros(1, 3)), features, "pseudo_label")
+    assert record.pseudo_labelled == 4 and record.limit == 4  # round_size 0: every confident study
 
 
 def test_tri_net_labels_for_the_third_where_two_agree_confidently(monkeypatch):

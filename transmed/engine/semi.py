@@ -7,6 +7,8 @@ at the start of every epoch (a round), two classifiers label an unlabelled study
 where they agree and are both confident (`train.semi.threshold`), and a pseudo-label that changes
 under dropout on the heads' input in any of `train.semi.passes` passes of either is edited out.
 `pseudo_label` is the simple baseline: one classifier labels for itself where it is confident.
+With `train.semi.round_size` N_0, round t keeps only the N_t = min(N_0 2^(t-1), U) most confident of the
+studies each classifier would get (tri-net's growing N_t); 0 keeps every one from the first round.
 
 Written here rather than taken from a library: the semi-supervised libraries (USB, TorchSSL)
 expect fixed-size images with one label, not masked variable-length multi-modal studies with
@@ -152,6 +154,7 @@ class Round:
     epoch: int
     method: str
     unlabelled: int  # studies in data.unlabelled_root
+    limit: int  # at most this many studies per classifier this round (`train.semi.round_size`'s N_t)
     pseudo_labelled: int  # studies given at least one pseudo-label, for any classifier
     edited: int  # studies that only dropout-unstable pseudo-labels would have labelled (tri-net's editing)
     entries: int  # pseudo-label entries (classifier x task, or classifier x study for multiclass)
@@ -237,6 +240,8 @@ def pseudo_labels(
             agreed = (decided[:, i] == decided[:, j]) & confident[:, i] & confident[:, j]
             keep = agreed & stable[:, i] & stable[:, j]
             assign[:, v], edited[:, v], label[:, v] = keep, agreed & ~keep, decided[:, i]
+    limit = round_limit(semi.round_size, epoch - semi.warmup_epochs, n)
+    assign = most_confident(assign, probs, spec, semi.method, limit)
     if spec.kind == "multiclass":
         rows = assign[..., 0]  # a multiclass pseudo-label is a whole row
         targets = torch.full((n, c, k), float("nan"))
@@ -250,6 +255,7 @@ def pseudo_labels(
         epoch=epoch,
         method=semi.method,
         unlabelled=n,
+        limit=limit,
         pseudo_labelled=int(studied.sum()),
         edited=int((edited.flatten(1).any(dim=1) & ~studied).sum()),
         entries=entries,
@@ -257,6 +263,32 @@ def pseudo_labels(
         per_classifier=[int(assign[:, v].flatten(1).any(dim=1).sum()) for v in range(c)],
     )
     return targets.numpy(), record
+
+
+def round_limit(round_size: int, round_index: int, unlabelled: int) -> int:
+    """Tri-net's N_t: `round_size` x 2^(t-1) studies in round t (1, 2, ...), at most all; 0: all from the first."""
+    if round_size <= 0:
+        return unlabelled
+    return min(unlabelled, round_size * 2 ** min(max(round_index - 1, 0), 32))
+
+
+def most_confident(assign: torch.Tensor, probs: torch.Tensor, spec: LabelSpec, method: str, limit: int) -> torch.Tensor:
+    """`assign` (N, C, K) kept for at most `limit` studies per classifier: those whose pseudo-labels its
+    labellers are surest of (the mean over the assigned entries of the least sure labeller's margin)."""
+    n, c, _ = assign.shape
+    if limit >= n:
+        return assign
+    margin = (probs - 0.5).abs() if spec.kind == "multilabel" else probs.max(dim=-1, keepdim=True).values.expand_as(probs)
+    kept = torch.zeros_like(assign)
+    for v in range(c):
+        labellers = [v] if method == "pseudo_label" else [other for other in range(c) if other != v]
+        sure = margin[:, labellers].amin(dim=1)  # (N, K)
+        rows = assign[:, v]
+        score = (sure * rows).sum(dim=-1) / rows.sum(dim=-1).clamp(min=1)
+        score = torch.where(rows.any(dim=-1), score, torch.tensor(-1.0))
+        top = score.argsort(descending=True, stable=True)[:limit]
+        kept[top, v] = assign[top, v]
+    return kept
 
 
 class _CPUHead:
