@@ -17,11 +17,11 @@ from conftest import TINY_BACKBONE, tiny_overrides
 from transmed.config import load_config, to_dict
 from transmed.core.checkpoint import save_checkpoint
 from transmed.core.errors import DataError
-from transmed.core.labels import Predictions
+from transmed.core.labels import LabelSpec, Predictions
 from transmed.data import label_spec
 from transmed.evaluation import attribution as X
 from transmed.evaluation import comparison as C
-from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, log_evaluation_run, predictions_frame
+from transmed.evaluation.evaluate import evaluate_checkpoint, flat_metrics, log_evaluation_run, predictions_frame, uncalibrated
 from transmed.evaluation.metrics import compute_metrics, delong_test, holm_adjust, to_jsonable
 from transmed.evaluation.prediction import study_probabilities
 from transmed.models import TransMed, build_model
@@ -193,6 +193,35 @@ def test_compare_multiclass_and_label_mismatch(tmp_path):
     assert "auc" in result["table"].columns  # macro one-vs-rest for multiclass, as for multilabel tasks
     assert len(result["tests"]) == 3 and {(t["a"], t["b"]) for t in result["tests"]} == {(f"{tmp_path.name}/a", f"{tmp_path.name}/b")}
     assert sum("disagree on the labels" in s for s in result["skipped"]) == 2
+
+
+def test_compare_ranks_by_the_logits_where_calibrated_probabilities_saturate(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 60
+    labels = (rng.random((n, 3)) < 0.5).astype(int)
+    logits = 20 + 4 * labels + rng.normal(size=(n, 3))  # all above 17: float32 sigmoid gives 1.0 to every study
+    ids = [str(i) for i in range(n)]
+    folders = []
+    for name, shift in (("a", 0.0), ("b", 0.5)):
+        folder = write_evaluation(tmp_path / name, ids, 1 / (1 + np.exp(-(logits + shift * rng.normal(size=(n, 3))))), labels)
+        frame = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
+        for task in TASKS:
+            frame[f"logit/{task}"] = np.log(frame[f"prob/{task}"])  # write_evaluation's logits: log p, p's order
+            frame[f"prob/{task}"] = np.float32(1.0)  # what a small temperature leaves of them in float32
+        frame.to_csv(folder / "predictions.csv", index=False)
+        folders.append(folder)
+    tests = pd.DataFrame(C.compare(folders)["tests"])
+    for task in TASKS:
+        a, b = (pd.read_csv(f / "predictions.csv")[f"logit/{task}"].to_numpy() for f in folders)
+        assert tests[tests["task"] == task].iloc[0]["diff"] == pytest.approx(delong_test(labels[:, TASKS.index(task)], a, b)["diff"])
+    assert (tests["diff"] != 0).any()  # from the tied probabilities every difference would be 0
+
+
+def test_uncalibrated_probabilities_keep_the_order_of_large_logits():
+    spec = LabelSpec(kind="multilabel", names=("a",), temperature=(0.05,))
+    preds = Predictions(ids=["0", "1"], logits=np.array([[18.0], [20.0]], dtype=np.float32), probs=np.ones((2, 1), np.float32), labels=None)
+    raw = uncalibrated(preds, spec)
+    assert raw.dtype == np.float64 and raw[0, 0] < raw[1, 0] < 1.0
 
 
 def test_compare_names_a_folder_without_evaluations(tmp_path):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..core.errors import DataError
@@ -72,13 +73,26 @@ def comparison_table(evaluations: Sequence[Evaluation]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ranking_scores(ev: Evaluation) -> pd.DataFrame:
+    """`id`, `label/<name>` and `score/<name>`: scores in the uncalibrated order that AUC uses, from the
+    `logit/<name>` columns (the logits themselves, as sigmoid is monotone; for classes their softmax in
+    float64). Not `prob/<name>`: a small fitted temperature saturates float32 probabilities at 0 and 1, and ties lose the order."""
+    frame = ev.predictions
+    logits = frame[[f"logit/{name}" for name in ev.names]].to_numpy(np.float64)
+    if "auc_macro" in ev.metrics["overall"]:  # multiclass (see metrics.compute_metrics)
+        logits = np.exp(logits - logits.max(axis=1, keepdims=True))
+        logits /= logits.sum(axis=1, keepdims=True)
+    scores = pd.DataFrame(logits, columns=[f"score/{name}" for name in ev.names])
+    return pd.concat([frame[["id", *(f"label/{name}" for name in ev.names)]].reset_index(drop=True), scores], axis=1)
+
+
 def paired_tests(a: Evaluation, b: Evaluation) -> list[dict]:
     """DeLong test of AUC(a) - AUC(b) per task/class both share, on their common studies.
 
     The two must cover the same studies with the same labels (else `ValueError`). p-values are
     per task; `compare` adds Holm-adjusted ones over all its tests.
     """
-    pa, pb = a.predictions, b.predictions
+    pa, pb = ranking_scores(a), ranking_scores(b)
     if set(pa["id"]) != set(pb["id"]):
         raise ValueError(f"{a.name} and {b.name} are not on the same studies")
     merged = pa.merge(pb, on="id", suffixes=("/a", "/b"))
@@ -89,7 +103,7 @@ def paired_tests(a: Evaluation, b: Evaluation) -> list[dict]:
             raise ValueError(f"{a.name} and {b.name} disagree on the labels of {name!r}")
         row = {"a": a.name, "b": b.name, "task": name}
         try:
-            row.update(delong_test(y.to_numpy(), merged[f"prob/{name}/a"].to_numpy(), merged[f"prob/{name}/b"].to_numpy()))
+            row.update(delong_test(y.to_numpy(), merged[f"score/{name}/a"].to_numpy(), merged[f"score/{name}/b"].to_numpy()))
         except ValueError as err:  # too few positives or negatives
             row["note"] = str(err)
         rows.append(row)

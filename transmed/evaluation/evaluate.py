@@ -47,8 +47,9 @@ def predict_split(model: torch.nn.Module, cfg: DictConfig, spec: LabelSpec, spli
 
 
 def uncalibrated(preds: Predictions, spec: LabelSpec) -> np.ndarray:
-    """The probabilities before temperature scaling (`preds.probs` when the model has none)."""
-    return spec.probabilities(torch.from_numpy(preds.logits), calibrated=False).numpy()
+    """The probabilities before temperature scaling (`preds.probs` when the model has none), in float64:
+    float32 ones saturate at 0 and 1 beyond a logit of about 17, and the ties would lose the ranking AUC reads."""
+    return spec.probabilities(torch.from_numpy(preds.logits).double(), calibrated=False).numpy()
 
 
 def predictions_frame(preds: Predictions, spec: LabelSpec) -> pd.DataFrame:

@@ -38,7 +38,7 @@ from ..core.progress import progress
 from ..core.tables import markdown_table
 from ..data import read_manifest
 from ..engine import train
-from ..evaluation.evaluate import predict_split, predictions_frame
+from ..evaluation.evaluate import predict_split, predictions_frame, uncalibrated
 from ..evaluation.metrics import compute_metrics
 from ..models.loading import load_trained
 
@@ -148,7 +148,10 @@ def bootstrap_aucs(checkpoint: Path, n_bootstrap: int = 1000, save_to: Optional[
             preds = predict_split(model, cfg, spec, split)
             if save_to is not None:
                 predictions_frame(preds, spec).to_csv(save_to / f"predictions-{split}.csv", index=False)
-            metrics = compute_metrics(preds.probs, preds.labels, list(spec.names), spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed)
+            metrics = compute_metrics(
+                preds.probs, preds.labels, list(spec.names), spec.kind, n_bootstrap=n_bootstrap, seed=cfg.seed,
+                uncalibrated=uncalibrated(preds, spec),  # AUC in the uncalibrated order: calibrated float32 probabilities can tie at 0 and 1
+            )
             result[split] = metrics["overall"]["auc"]
     return result
 
