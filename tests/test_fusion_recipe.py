@@ -1,6 +1,9 @@
-"""The recipe keys of issue 22: mean pooling over real tokens (`model.pool`) and layer scale (`model.layer_scale`)."""
+"""The recipe keys of issue 22: mean pooling over real tokens (`model.pool`), the modalities' fusion (`model.fuse`)
+and layer scale (`model.layer_scale`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +20,9 @@ def tiny_model(**kw) -> TransMed:
     return TransMed(num_modalities=2, num_outputs=3, backbone=TINY_BACKBONE, variant="tiny", depth=2, **kw).eval()
 
 
-@pytest.mark.parametrize("pool", ["mean", "modality"])
-def test_pooling_reads_real_tokens_only(pool):
-    model = tiny_model(pool=pool, layer_scale=1e-4)
+@pytest.mark.parametrize("pool, fuse", [("mean", "linear"), ("modality", "linear"), ("modality", "mlp")])
+def test_pooling_reads_real_tokens_only(pool, fuse):
+    model = tiny_model(pool=pool, fuse=fuse, layer_scale=1e-4)
     x = torch.rand(2, 2, 8, 32, 32)
     mask = torch.ones(2, 2, 8, dtype=torch.bool)
     mask[1, 1, 5:] = False
@@ -51,3 +54,19 @@ def test_pool_and_layer_scale_are_config_keys_with_checks(tiny_cfg):
         load_config(None, ["model.pool=max"])
     with pytest.raises(ConfigError, match="model.layer_scale"):
         load_config(None, ["model.layer_scale=0"])
+
+
+def test_the_mlp_fusion_is_late_fusions_head_and_needs_the_modality_pool(tiny_cfg):
+    model = tiny_model(pool="modality", fuse="mlp")
+    assert [type(m).__name__ for m in model.fuse] == ["LayerNorm", "Linear", "GELU"]
+    assert model.fuse[1].in_features == 2 * model.dim and model.fuse[1].out_features == model.dim
+    assert isinstance(tiny_model(pool="modality").fuse, torch.nn.Linear)  # the default: one linear map
+    with pytest.raises(ValueError, match="'mlp' only with pool 'modality'"):
+        tiny_model(pool="cls", fuse="mlp")
+    with pytest.raises(ConfigError, match="model.fuse=mlp' needs model.pool=modality"):
+        model_kwargs(tiny_cfg(**{"model.pool": "mean", "model.fuse": "mlp"}), 3)
+    with pytest.raises(ConfigError, match="model.fuse"):
+        load_config(None, ["model.fuse=attention"])
+    for name in ("knee.yaml", "parotid.yaml"):  # the shipped recipes (issue 22)
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+        assert (cfg.model.pool, cfg.model.fuse) == ("modality", "mlp")

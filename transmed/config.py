@@ -81,6 +81,7 @@ class ModelConfig:
     dropout: float = 0.1
     drop_path: float = 0.0
     pool: str = "cls"  # transmed: the head reads the class token (cls), the mean of the real tokens (mean) or each modality's mean (modality)
+    fuse: str = "linear"  # transmed with pool=modality: linear | mlp (LayerNorm, Linear, GELU on the modalities' means, as late fusion's head)
     layer_scale: Optional[float] = None  # transmed: initial scale of every residual branch (timm's init_values); null: none
     trainable_blocks: str = "all"  # 0..N top stem stages that train, or "all"
     init_from: Optional[str] = None  # start from another run's checkpoint (what matches is loaded)
@@ -157,6 +158,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.variant": ("tiny", "small", "base"),
     "model.slice_mode": ("group", "replicate"),
     "model.pool": ("cls", "mean", "modality"),
+    "model.fuse": ("linear", "mlp"),
     "train.semi.method": ("none", "pseudo_label", "tri_net"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
