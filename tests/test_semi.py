@@ -117,6 +117,11 @@ def test_round_size_keeps_the_most_confident_studies_and_doubles_each_round(monk
     assert (record.pseudo_labelled, record.limit, record.entries) == (2, 2, 6)
     targets, record = _run(monkeypatch, _Heads(weight, torch.zeros(1, 3)), features, "pseudo_label")
     assert record.pseudo_labelled == 4 and record.limit == 4  # round_size 0: every confident study
+    from transmed.config import load_config
+    from transmed.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.semi.round_size"):
+        load_config(None, ["train.semi.round_size=-1"])
 
 
 def test_tri_net_labels_for_the_third_where_two_agree_confidently(monkeypatch):

@@ -337,6 +337,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.semi.smearing": (_at_least_0, "must be 0 (no smearing) or more"),
     "train.semi.dropout": (_fraction, "must lie in [0, 1)"),
     "train.semi.passes": (_positive, "must be positive"),
+    "train.semi.round_size": (_at_least_0, "must be 0 (every confident study from the first round) or more"),
 }
 
 
