@@ -358,6 +358,8 @@ def _validate_combinations(cfg: DictConfig) -> None:
             f"invalid value for config key 'model.slice_window': {m.slice_window}; model.slice_mode=group stacks 3 adjacent slices "
             "as the RGB channels, so it must be 3 (or use model.slice_mode=replicate)"
         )
+    if m.fuse != "linear" and m.pool != "modality":
+        raise ConfigError(f"config key 'model.fuse={m.fuse}' needs model.pool=modality (model.pool is {m.pool!r}); set both, or model.fuse=linear")
     need = min_slices_for(m.slice_mode, m.slice_window)
     if cfg.data.num_slices is not None and cfg.data.num_slices < need:
         raise ConfigError(

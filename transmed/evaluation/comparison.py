@@ -10,8 +10,10 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..core.errors import DataError
+from ..core.labels import LabelSpec
 from .metrics import delong_test, holm_adjust
 
 
@@ -74,15 +76,14 @@ def comparison_table(evaluations: Sequence[Evaluation]) -> pd.DataFrame:
 
 
 def ranking_scores(ev: Evaluation) -> pd.DataFrame:
-    """`id`, `label/<name>` and `score/<name>`: scores in the uncalibrated order that AUC uses, from the
-    `logit/<name>` columns (the logits themselves, as sigmoid is monotone; for classes their softmax in
-    float64). Not `prob/<name>`: a small fitted temperature saturates float32 probabilities at 0 and 1, and ties lose the order."""
+    """`id`, `label/<name>` and `score/<name>`: the probabilities before temperature scaling, in float64, from the
+    `logit/<name>` columns: the order AUC uses. Not `prob/<name>`: a small fitted temperature saturates float32
+    probabilities at 0 and 1, and ties lose the order."""
     frame = ev.predictions
-    logits = frame[[f"logit/{name}" for name in ev.names]].to_numpy(np.float64)
-    if "auc_macro" in ev.metrics["overall"]:  # multiclass (see metrics.compute_metrics)
-        logits = np.exp(logits - logits.max(axis=1, keepdims=True))
-        logits /= logits.sum(axis=1, keepdims=True)
-    scores = pd.DataFrame(logits, columns=[f"score/{name}" for name in ev.names])
+    kind = "multiclass" if "auc_macro" in ev.metrics["overall"] else "multilabel"  # see metrics.compute_metrics
+    logits = torch.from_numpy(frame[[f"logit/{name}" for name in ev.names]].to_numpy(np.float64))
+    probs = LabelSpec(kind=kind, names=tuple(ev.names)).probabilities(logits, calibrated=False).numpy()
+    scores = pd.DataFrame(probs, columns=[f"score/{name}" for name in ev.names])
     return pd.concat([frame[["id", *(f"label/{name}" for name in ev.names)]].reset_index(drop=True), scores], axis=1)
 
 

@@ -61,8 +61,6 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         drop_modalities=dropped_modality_indices(cfg),
         num_classifiers=3 if cfg.train.semi.method == "tri_net" else 1,
     )
-    if m.fuse != "linear" and m.pool != "modality" and "fuse" in model_arguments(m.name):
-        raise ConfigError(f"config key 'model.fuse={m.fuse}' needs model.pool=modality (model.pool is {m.pool!r}); set both, or model.fuse=linear")
     for key, value in fixed_arguments(m.name).items():
         if key in offered and offered[key] != value:
             raise ConfigError(

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from ...core.labels import LabelSpec
 from ...core.tables import markdown_table
 from ...evaluation.metrics import resampled_mean_auc, study_resamples
 from .spec import Study
@@ -86,8 +87,8 @@ class Results:
             frame = pd.read_csv(Path(row["dir"]) / f"predictions-{self.split}.csv", dtype={"id": str})
             names = [c.split("/", 1)[1] for c in frame.columns if c.startswith("prob/")]
             logits = torch.tensor(frame[[f"logit/{n}" for n in names]].to_numpy(np.float64))
-            multiclass = self.config(str(row["run"])).data.format == "nifti"
-            probs = (torch.softmax(logits, dim=1) if multiclass else torch.sigmoid(logits)).numpy()
+            kind = "multiclass" if self.config(str(row["run"])).data.format == "nifti" else "multilabel"
+            probs = LabelSpec(kind=kind, names=tuple(names)).probabilities(logits, calibrated=False).numpy()
             self._predictions[key] = (list(frame["id"]), probs, frame[[f"label/{n}" for n in names]].to_numpy(int), names)
         return self._predictions[key]
 
