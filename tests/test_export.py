@@ -147,10 +147,11 @@ def test_torch_export_with_stride_3_and_a_dropped_modality(stride3, runs):
     assert report.files["model.pt2"] == out.stat().st_size
 
 
-@pytest.mark.parametrize("pool, fuse", [("mean", "linear"), ("modality", "mlp")])
-def test_the_shipped_pooling_recipes_export_with_dynamic_batch_and_slices(pool, fuse, mrnet_root, runs):
-    """knee.yaml (modality, mlp) and demo.yaml (mean) pool the encoded tokens: the program keeps batch and slices dynamic."""
-    checkpoint = save_untrained(mrnet_root, runs, f"pool-{pool}", **{"model.pool": pool, "model.fuse": fuse, "model.layer_scale": "1e-4"})
+@pytest.mark.parametrize("pool, fuse, fc_norm", [("mean", "linear", "false"), ("modality", "mlp", "true")])
+def test_the_shipped_pooling_recipes_export_with_dynamic_batch_and_slices(pool, fuse, fc_norm, mrnet_root, runs):
+    """knee.yaml (modality, mlp, fc_norm) and demo.yaml (mean) pool the encoded tokens: the program keeps batch and slices dynamic."""
+    overrides = {"model.pool": pool, "model.fuse": fuse, "model.fc_norm": fc_norm, "model.layer_scale": "1e-4"}
+    checkpoint = save_untrained(mrnet_root, runs, f"pool-{pool}", **overrides)
     out = runs / f"pool-{pool}.pt2"
     assert_checked(export_checkpoint(checkpoint, "torch-export", out))
     assert_program_matches(out, checkpoint, batch_sizes=(2, 1))

@@ -82,6 +82,7 @@ class ModelConfig:
     drop_path: float = 0.0
     pool: str = "cls"  # transmed: the head reads the class token (cls), the mean of the real tokens (mean) or each modality's mean (modality)
     fuse: str = "linear"  # transmed with pool=modality: linear | mlp (LayerNorm, Linear, GELU on the modalities' means, as late fusion's head)
+    fc_norm: bool = False  # transmed with pool=mean|modality: LayerNorm on each pooled mean, not on every token (timm's fc_norm)
     layer_scale: Optional[float] = None  # transmed: initial scale of every residual branch (timm's init_values); null: none
     trainable_blocks: str = "all"  # 0..N top stem stages that train, or "all"
     init_from: Optional[str] = None  # start from another run's checkpoint (what matches is loaded)
@@ -360,6 +361,8 @@ def _validate_combinations(cfg: DictConfig) -> None:
         )
     if m.fuse != "linear" and m.pool != "modality":
         raise ConfigError(f"config key 'model.fuse={m.fuse}' needs model.pool=modality (model.pool is {m.pool!r}); set both, or model.fuse=linear")
+    if m.fc_norm and m.pool == "cls":
+        raise ConfigError("config key 'model.fc_norm=true' normalises pooled tokens and needs model.pool=mean or modality (model.pool is 'cls'); set model.pool, or model.fc_norm=false")
     need = min_slices_for(m.slice_mode, m.slice_window)
     if cfg.data.num_slices is not None and cfg.data.num_slices < need:
         raise ConfigError(

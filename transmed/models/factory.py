@@ -54,6 +54,7 @@ def model_kwargs(cfg: DictConfig, num_outputs: int) -> dict:
         drop_path=m.drop_path,
         pool=m.pool,
         fuse=m.fuse,
+        fc_norm=m.fc_norm,
         layer_scale=m.layer_scale,
         stem_chunk=m.stem_chunk,
         channels_last=m.channels_last,

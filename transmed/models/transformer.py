@@ -98,13 +98,23 @@ class Block(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Pre-norm transformer blocks and a final LayerNorm on every token (`final_norm=False`: none, for
+    a model that normalises after pooling the tokens instead, timm's `fc_norm`)."""
+
     def __init__(
-        self, dim: int, depth: int, heads: int, dropout: float = 0.0, drop_path: float = 0.0, layer_scale: Optional[float] = None
+        self,
+        dim: int,
+        depth: int,
+        heads: int,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale: Optional[float] = None,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
         self.blocks = nn.ModuleList(Block(dim, heads, dropout=dropout, drop_path=r, layer_scale=layer_scale) for r in rates)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if final_norm else nn.Identity()
 
     def forward(
         self, x: torch.Tensor, key_mask: Optional[torch.Tensor] = None, return_attention: bool = False

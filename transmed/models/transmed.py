@@ -105,6 +105,11 @@ class TransMed(nn.Module):
             (one linear map) or "mlp" (LayerNorm, linear map, GELU: the first half of late fusion's head,
             so the two differ only in the transformer; on the fusion-needing synthetic sets of issue 22
             it narrowed TransMed's gap to late fusion on parotid-like data, within the seeds' noise).
+        fc_norm: with `pool` "mean" or "modality", LayerNorm on each pooled mean instead of the encoder's
+            final LayerNorm on every token (timm's `fc_norm`, as its ViTs do with average pooling). A
+            per-token norm gives every slice group the same scale before the mean, so a lesion seen in
+            two of twelve groups is diluted by the other ten; normalising after the mean keeps it, as late
+            fusion's head does (issue 22, knee-like data, 3 seeds: the last epoch's test AUC 0.999 against 0.96).
         layer_scale: initial value of a learned per-channel scale on every residual branch (None: none);
             a small value starts each transformer block close to the identity.
         num_classifiers: linear heads over the one shared stem and encoder; the logits are their mean.
@@ -151,6 +156,7 @@ class TransMed(nn.Module):
         drop_modalities: Sequence[int] = (),
         pool: str = "cls",
         fuse: str = "linear",
+        fc_norm: bool = False,
         layer_scale: Optional[float] = None,
         num_classifiers: int = 1,
     ) -> None:
@@ -161,6 +167,8 @@ class TransMed(nn.Module):
             raise ValueError(f"unknown pooling {pool!r}; expected one of {list(POOLS)}")
         if fuse not in FUSES or (fuse != "linear" and pool != "modality"):
             raise ValueError(f"fuse {fuse!r}: expected one of {list(FUSES)}, and 'mlp' only with pool 'modality' (pool is {pool!r})")
+        if fc_norm and pool == "cls":
+            raise ValueError("fc_norm normalises pooled tokens: it needs pool 'mean' or 'modality' (pool is 'cls')")
         spec = VARIANTS[variant]
         self.num_modalities = num_modalities
         self.num_outputs = num_outputs
@@ -175,7 +183,9 @@ class TransMed(nn.Module):
         self.embed = TokenEmbedding(self.dim, num_modalities, grid_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.encoder = Encoder(self.dim, depth if depth is not None else spec["depth"], spec["heads"], dropout, drop_path, layer_scale)
+        depth = depth if depth is not None else spec["depth"]
+        self.encoder = Encoder(self.dim, depth, spec["heads"], dropout, drop_path, layer_scale, final_norm=not fc_norm)
+        self.fc_norm = nn.LayerNorm(self.dim) if fc_norm else None
         self.fuse = None if pool != "modality" else self._fusion(num_modalities * self.dim, fuse)
         self.head_drop = nn.Dropout(dropout)
         self.num_classifiers = num_classifiers
@@ -250,7 +260,10 @@ class TransMed(nn.Module):
         # b (m t) d -> b m t d, spelled with unflatten: einops' rearrange fixes the batch size under torch.export
         per_group = encoded[:, 1:].unflatten(1, (groups, -1))
         weights = key_mask[:, 1:].unflatten(1, (groups, -1)).unsqueeze(-1).to(encoded.dtype)
-        pooled = (per_group * weights).sum(dim=2) / weights.sum(dim=2).clamp(min=1)  # (B, groups, D); a missing modality: zeros
+        count = weights.sum(dim=2)  # (B, groups, 1): real tokens per group
+        pooled = (per_group * weights).sum(dim=2) / count.clamp(min=1)  # (B, groups, D); a missing modality: zeros
+        if self.fc_norm is not None:
+            pooled = torch.where(count > 0, self.fc_norm(pooled), torch.zeros_like(pooled))  # a missing modality stays zeros
         pooled = pooled[:, 0] if self.fuse is None else self.fuse(pooled.flatten(1))  # b m d -> b (m d)
         return torch.cat([pooled[:, None], encoded[:, 1:]], dim=1)
 
