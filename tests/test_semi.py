@@ -46,6 +46,24 @@ def test_semi_loss_ignores_unknown_entries_and_their_gradient():
     assert torch.isfinite(loss) and torch.allclose(loss, torch.log(torch.tensor(4.0)))  # equal logits: ln 4
 
 
+@pytest.mark.parametrize("spec", [KNEE, PAROTID])
+def test_pseudo_labelled_studies_are_averaged_apart_and_weighted(spec):
+    torch.manual_seed(0)
+    k = len(spec.names)
+    logits = torch.randn(6, 3, k, requires_grad=True)
+    target = torch.eye(k)[torch.tensor([0, 1, 2, 0, 1, 2]) % k][:, None].expand(6, 3, k).clone()
+    target[4, 1] = float("nan")  # a classifier without a pseudo-label
+    pseudo = torch.tensor([False, False, True, True, True, True])
+    crit = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0, 2.0, 3.0])) if spec is KNEE else nn.CrossEntropyLoss(weight=torch.tensor([0.5, 1.0, 2.0, 1.5]))
+    plain = SemiLoss(spec, crit)
+    expected = plain(logits[:2], target[:2]) + 0.5 * plain(logits[2:], target[2:])
+    assert torch.allclose(SemiLoss(spec, crit, weight=0.5)(logits, target, pseudo), expected, atol=1e-6)
+    SemiLoss(spec, crit, weight=0.0)(logits, target, pseudo).backward()
+    assert torch.all(logits.grad[2:] == 0) and logits.grad[:2].abs().sum() > 0  # weight 0: the pseudo-labels change nothing
+    only_labelled = SemiLoss(spec, crit)(logits[:2], target[:2], torch.zeros(2, dtype=torch.bool))
+    assert torch.allclose(only_labelled, plain(logits[:2], target[:2]))  # a batch without pseudo-labels: the labelled loss
+
+
 def test_output_smearing_gives_each_classifier_its_own_targets():
     labels = np.array([[1, 0, 1], [0, 0, 1]], dtype=np.float32)
     plain = labelled_targets(labels, KNEE, 3)

@@ -98,6 +98,7 @@ class SemiConfig:
     warmup_epochs: int = 3  # epochs on the labelled studies only (tri_net: with smeared labels) before pseudo-labelling
     threshold: float = 0.9  # a pseudo-label needs this probability (multilabel: p >= t or p <= 1 - t per task)
     ratio: int = 2  # pseudo-labelled studies per labelled study in each batch
+    weight: float = 1.0  # the pseudo-labelled studies' mean loss is added to the labelled studies' with this weight (lambda_u)
     smearing: float = 0.2  # tri_net: std of the output-smearing noise on the labels during warmup
     dropout: float = 0.3  # tri_net: dropout on the head's input for pseudo-label editing
     passes: int = 5  # tri_net: dropout passes a pseudo-label must survive unchanged
@@ -335,6 +336,7 @@ RANGES: dict[str, tuple[Any, str]] = {
     "train.semi.warmup_epochs": (_at_least_0, "must be 0 or more"),
     "train.semi.threshold": (lambda v: 0.5 <= v < 1, "must lie in [0.5, 1)"),
     "train.semi.ratio": (_positive, "must be positive"),
+    "train.semi.weight": (_at_least_0, "must be 0 (the pseudo-labels change nothing) or more"),
     "train.semi.smearing": (_at_least_0, "must be 0 (no smearing) or more"),
     "train.semi.dropout": (_fraction, "must lie in [0, 1)"),
     "train.semi.passes": (_positive, "must be positive"),

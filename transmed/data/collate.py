@@ -75,4 +75,6 @@ def pad_collate(batch: Sequence[dict], modalities: Sequence[str]) -> dict:
     out = {"x": x, "mask": mask, "id": [item["id"] for item in batch]}
     if "label" in batch[0]:
         out["label"] = torch.stack([torch.as_tensor(item["label"]) for item in batch])
+    if "pseudo" in batch[0]:  # train.semi: which studies carry pseudo-labels
+        out["pseudo"] = torch.tensor([bool(item["pseudo"]) for item in batch])
     return out

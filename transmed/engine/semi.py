@@ -17,7 +17,8 @@ multi-label targets, and none implements tri-net.
 Targets: every training item carries `label` as a float32 (C, K) array, row c classifier c's
 target (multilabel: a probability per task; multiclass: a distribution over the classes), NaN
 where classifier c has none (a task the pseudo-labellers were unsure of, or a classifier the study
-was not pseudo-labelled for). `SemiLoss` reads only the known entries. A batch holds
+was not pseudo-labelled for). `SemiLoss` reads only the known entries, and averages the pseudo-labelled
+studies apart from the labelled ones (`train.semi.weight`). A batch holds
 `train.batch_size` labelled studies and `train.semi.ratio` times as many pseudo-labelled ones, and
 an epoch as many batches as without unlabelled studies, so the learning-rate schedule, and the
 labelled studies' share of it, are those of a labelled-only run.
@@ -83,38 +84,50 @@ class SemiLoss(nn.Module):
     Multilabel: BCE with the labelled run's `pos_weight`, averaged over the known entries.
     Multiclass: cross-entropy with soft targets and the class weights, normalised as torch's
     weighted cross-entropy is for hard labels (by the weight of the targets), over the known rows.
+    With `pseudo` (B,) marking the pseudo-labelled studies, the labelled and the pseudo-labelled studies
+    are averaged apart and the latter added with `weight` (the unlabelled loss's lambda of FixMatch and
+    Mean Teacher): in one average, `train.semi.ratio` = 2 gives noisy pseudo-labels two thirds of every step.
     """
 
-    def __init__(self, spec: LabelSpec, criterion: nn.Module) -> None:
+    def __init__(self, spec: LabelSpec, criterion: nn.Module, weight: float = 1.0) -> None:
         super().__init__()
-        self.kind = spec.kind
-        weight = criterion.pos_weight if spec.kind == "multilabel" else criterion.weight
-        self.register_buffer("weight", None if weight is None else weight.clone())
+        self.kind, self.pseudo_weight = spec.kind, weight
+        class_weight = criterion.pos_weight if spec.kind == "multilabel" else criterion.weight
+        self.register_buffer("weight", None if class_weight is None else class_weight.clone())
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, pseudo: Optional[torch.Tensor] = None) -> torch.Tensor:
         logits = logits.float()
         if self.kind == "multilabel":
             known = ~torch.isnan(target)
             loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), pos_weight=self.weight, reduction="none")
-            return (loss * known).sum() / known.sum().clamp(min=1)
-        known = ~torch.isnan(target[..., 0])  # a row is a whole distribution, or NaN
-        target = torch.nan_to_num(target)
-        weighted = target if self.weight is None else target * self.weight
-        loss = -(weighted * F.log_softmax(logits, dim=-1)).sum(dim=-1)
-        return (loss * known).sum() / (weighted.sum(dim=-1) * known).sum().clamp(min=1e-12)
+            norm = known.float()
+        else:
+            known = ~torch.isnan(target[..., 0])  # a row is a whole distribution, or NaN
+            target = torch.nan_to_num(target)
+            weighted = target if self.weight is None else target * self.weight
+            loss = -(weighted * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+            norm = weighted.sum(dim=-1) * known  # torch's normalisation of weighted cross-entropy
+        if pseudo is None:
+            return (loss * known).sum() / norm.sum().clamp(min=1e-12 if self.kind == "multiclass" else 1)
+        total = logits.new_zeros(())
+        for rows, weight in ((~pseudo, 1.0), (pseudo, self.pseudo_weight)):
+            part = norm[rows].sum()
+            if part > 0:
+                total = total + weight * (loss[rows] * known[rows]).sum() / part
+        return total
 
 
 class WithTargets(Dataset):
-    """`dataset`'s items with `label` replaced by row i of `targets` (N, C, K)."""
+    """`dataset`'s items with `label` replaced by row i of `targets` (N, C, K), and `pseudo` saying whether it is a pseudo-label."""
 
-    def __init__(self, dataset: Dataset, targets: np.ndarray) -> None:
-        self.dataset, self.targets = dataset, targets
+    def __init__(self, dataset: Dataset, targets: np.ndarray, pseudo: bool = False) -> None:
+        self.dataset, self.targets, self.pseudo = dataset, targets, pseudo
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], "label": torch.from_numpy(self.targets[index])}
+        return {**self.dataset[index], "label": torch.from_numpy(self.targets[index]), "pseudo": self.pseudo}
 
 
 class SemiBatchSampler(Sampler[list[int]]):
@@ -318,7 +331,7 @@ def _correct(ids: list[str], label: torch.Tensor, assign: torch.Tensor, spec: La
 def semi_loader(cfg: DictConfig, labelled: Dataset, targets: np.ndarray, unlabelled: Dataset, pseudo: np.ndarray, seed: int, rank: int, world: int):
     """The epoch's training loader: labelled studies with `targets`, and the unlabelled studies that
     have any pseudo-label in `pseudo` (N_u, C, K), `train.semi.ratio` of them per labelled study."""
-    dataset = ConcatDataset([WithTargets(labelled, targets), WithTargets(unlabelled, pseudo)])
+    dataset = ConcatDataset([WithTargets(labelled, targets), WithTargets(unlabelled, pseudo, pseudo=True)])
     pool = len(labelled) + np.flatnonzero(~np.isnan(pseudo).reshape(len(pseudo), -1).all(axis=1))
     sampler = SemiBatchSampler(len(labelled), pool, cfg.train.batch_size, cfg.train.semi.ratio, seed, rank, world)
     return DataLoader(

@@ -159,7 +159,10 @@ def train_step(
     if cfg.train.modality_dropout:
         mask = drop_modalities_at_random(mask, cfg.train.modality_dropout)
     with autocast(device, cfg.train.amp):
-        loss = criterion(model(x, mask, classifiers=True) if semi else model(x, mask), y)
+        if semi:  # the pseudo-labelled studies' loss apart (`train.semi.weight`); a labelled-only batch has no `pseudo`
+            loss = criterion(model(x, mask, classifiers=True), y, batch["pseudo"].to(device) if "pseudo" in batch else None)
+        else:
+            loss = criterion(model(x, mask), y)
     (loss / cfg.train.accumulate).backward()
     return loss.detach()
 
@@ -262,7 +265,7 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
 
     labels = np.stack([item["label"] for item in train_ds.data])  # studies kept after screening
     criterion = build_loss(spec, labels, cfg.train.class_weights).to(device)
-    train_criterion = SemiLoss(spec, criterion).to(device) if semi else criterion
+    train_criterion = SemiLoss(spec, criterion, cfg.train.semi.weight).to(device) if semi else criterion
     if semi:  # train.semi: the labelled studies' per-classifier targets; the unlabelled studies, un-augmented, to pseudo-label
         plain = labelled_targets(labels, spec, classifier_count(cfg))
         smeared = plain
