@@ -12,6 +12,7 @@ import yaml
 from conftest import tiny_overrides
 from omegaconf import OmegaConf
 
+from transmed.commands._common import run_main
 from transmed.commands.study import main
 from transmed.config import ConfigError, find_config
 from transmed.data.synthesis import generate_mrnet
@@ -497,3 +498,23 @@ def test_stepwise_study_starts_the_target_run_from_the_intermediate_one(tmp_path
     report = (out_dir / "report.md").read_text()
     assert "| stepwise vs direct |" in report and "Intermediate run `intermediate`" in report and "tasks ['abnormal']" in report
     assert "**Warning**: AUC on valid, which also chose each run's best epoch" in report  # no test split here
+
+
+def test_a_study_whose_runs_exist_stops_before_training_and_keeps_its_report(tmp_path, capsys):
+    """A second `transmed study` into a finished study's folder (a --quick with the full study's --group, say)
+    is one line, and the earlier report stays; --quick always writes to {group}-quick."""
+    path = ROOT / "configs" / "studies" / "fusion.yaml"
+    assert load_study(path, base=DEMO, group="mine", quick=True).group == "mine-quick"
+    study = load_study(path, [f"output_dir={tmp_path}"], base=DEMO, group="mine")
+    first = [cfg for _, _, cfg in study_configs(study)][0]
+    run_dir = tmp_path / first.run_name
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "mine" / "report.md").write_text("the full study's report\n")
+    with pytest.raises(SystemExit) as stopped:
+        run_main(lambda: main([str(path), "--base", DEMO, "--group", "mine", f"output_dir={tmp_path}"]))
+    assert stopped.value.code != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: study folder {tmp_path / 'mine'} already holds 1 of its {3 * len(study.runs)} runs (first: {run_dir}); "
+                   "finish them with train.resume=auto, write elsewhere with --group NAME, or replace them with overwrite=true"]
+    assert (tmp_path / "mine" / "report.md").read_text() == "the full study's report\n"

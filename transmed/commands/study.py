@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser = parser_for(__doc__, prog)
     parser.add_argument("file", help="study YAML (configs/studies/*.yaml)")
     parser.add_argument("--base", default=None, help="config file every run starts from (replaces the file's base)")
-    parser.add_argument("--group", default=None, help="W&B group and output folder name (replaces the file's group)")
+    parser.add_argument("--group", default=None, help="W&B group and output folder name (replaces the file's group; --quick adds -quick)")
     parser.add_argument("--quick", action="store_true", help="the file's quick settings: short runs for a CPU")
     parser.add_argument(
         "--seeds", default=None, help="training seeds per run: a count (from the base config's seed) or a list such as 0,1,2 (default: the file's; 3, or 1 with --quick)"

@@ -158,7 +158,7 @@ def load_study(
     base = base or spec.get("base")
     if not base:
         raise ConfigError(f"study file {path}: no 'base' config (give one in the file or with --base)")
-    group = group or (str(spec.get("group") or path.stem) + ("-quick" if quick else ""))
+    group = (group or str(spec.get("group") or path.stem)) + ("-quick" if quick else "")  # a quick run never lands in a full study's folder
     quick_spec = spec.get("quick") or {}
     if not isinstance(quick_spec, dict) or set(quick_spec) - set(QUICK_KEYS):
         raise ConfigError(f"study file {path}: 'quick' must be a mapping with {list(QUICK_KEYS)}, got {quick_spec!r}")

@@ -12,9 +12,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from ...core.errors import RunExistsError
 from ...core.io import atomic_write
 from ...core.progress import progress
 from ...core.tables import markdown_table
+from ...engine.trainer import holds_run
 from ..ablation import Ablation, attempt, format_value, train_and_measure, write_comparison
 from .analysis import Analysis, Results
 from .kinds import KINDS, load_study
@@ -43,6 +45,7 @@ def run_study(
     kind = KINDS[study.kind]
     configs = study_configs(study)
     out_dir = Path(study.output_dir) / study.group
+    refuse_taken(configs, out_dir)
     rows = []
     for i, (run, seed, cfg) in enumerate(progress(configs, desc=f"study {study.group}", unit="run"), start=1):
         print(f"[{i}/{len(configs)}] {cfg.run_name} ({run.role}, seed {seed})", flush=True)
@@ -68,6 +71,18 @@ def run_study(
     write_report(results, analysis, out_dir)
     log_study(results, analysis, out_dir)
     return out_dir, frame
+
+
+def refuse_taken(configs: list, out_dir: Path) -> None:
+    """Stops before any training when runs of the study already exist and neither `train.resume` nor
+    `overwrite` is given: each run would fail on its own, and the report of those failures would
+    replace the study's report."""
+    taken = [Path(cfg.output_dir) / cfg.run_name for _, _, cfg in configs if holds_run(Path(cfg.output_dir) / cfg.run_name)]
+    if taken and not any(cfg.train.resume or cfg.overwrite for _, _, cfg in configs):
+        raise RunExistsError(
+            f"study folder {out_dir} already holds {len(taken)} of its {len(configs)} runs (first: {taken[0]}); "
+            "finish them with train.resume=auto, write elsewhere with --group NAME, or replace them with overwrite=true"
+        )
 
 
 def shown_value(key: str, value: str) -> str:
