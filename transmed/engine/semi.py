@@ -107,14 +107,12 @@ class SemiLoss(nn.Module):
             weighted = target if self.weight is None else target * self.weight
             loss = -(weighted * F.log_softmax(logits, dim=-1)).sum(dim=-1)
             norm = weighted.sum(dim=-1) * known  # torch's normalisation of weighted cross-entropy
+        floor = 1e-12 if self.kind == "multiclass" else 1.0  # a part without known entries adds 0
         if pseudo is None:
-            return (loss * known).sum() / norm.sum().clamp(min=1e-12 if self.kind == "multiclass" else 1)
-        total = logits.new_zeros(())
-        for rows, weight in ((~pseudo, 1.0), (pseudo, self.pseudo_weight)):
-            part = norm[rows].sum()
-            if part > 0:
-                total = total + weight * (loss[rows] * known[rows]).sum() / part
-        return total
+            return (loss * known).sum() / norm.sum().clamp(min=floor)
+        rows = pseudo.view(-1, *[1] * (loss.dim() - 1))  # masks, not indexing: no host sync in the training step
+        labelled = (loss * known * ~rows).sum() / (norm * ~rows).sum().clamp(min=floor)
+        return labelled + self.pseudo_weight * (loss * known * rows).sum() / (norm * rows).sum().clamp(min=floor)
 
 
 class WithTargets(Dataset):

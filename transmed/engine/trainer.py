@@ -205,7 +205,6 @@ def train_one_epoch(
     return total / max(count, 1)
 
 
-
 def improves(last: dict, best: Optional[dict]) -> bool:
     """Whether epoch `last` replaces `best` as best.pt: a higher `val/auc`, or the same with a lower `val/loss`.
 
@@ -217,6 +216,7 @@ def improves(last: dict, best: Optional[dict]) -> bool:
     if last["val/auc"] != best["val/auc"]:
         return last["val/auc"] > best["val/auc"]
     return math.isfinite(last["val/loss"]) and (not math.isfinite(best["val/loss"]) or last["val/loss"] < best["val/loss"])
+
 
 def train(cfg: DictConfig) -> Path:
     """Trains the model `cfg` describes and writes the run files; returns the run directory.
