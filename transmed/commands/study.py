@@ -10,7 +10,8 @@ holds 0; the per-run and per-seed tables) with its PNGs, and comparison.{csv,md,
 
 --quick adds the file's quick settings (few epochs, one seed: minutes on a CPU) and writes to
 {group}-quick. key=value applies to every run; NAME:key=value to the run (or role) NAME only, e.g.
-intermediate:data.root=/data/other. Run again with train.resume=auto to finish interrupted runs.
+intermediate:data.root=/data/other. Run again with train.resume=auto to finish interrupted runs; a study whose runs
+exist stops before training unless train.resume=auto or overwrite=true is given.
 """
 
 from __future__ import annotations
