@@ -57,8 +57,8 @@ def test_pseudo_labelled_studies_are_averaged_apart_and_weighted(spec):
     crit = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([1.0, 2.0, 3.0])) if spec is KNEE else nn.CrossEntropyLoss(weight=torch.tensor([0.5, 1.0, 2.0, 1.5]))
     plain = SemiLoss(spec, crit)
     expected = plain(logits[:2], target[:2]) + 0.5 * plain(logits[2:], target[2:])
-    assert torch.allclose(SemiLoss(spec, crit, weight=0.5)(logits, target, pseudo), expected, atol=1e-6)
-    SemiLoss(spec, crit, weight=0.0)(logits, target, pseudo).backward()
+    assert torch.allclose(SemiLoss(spec, crit, pseudo_weight=0.5)(logits, target, pseudo), expected, atol=1e-6)
+    SemiLoss(spec, crit, pseudo_weight=0.0)(logits, target, pseudo).backward()
     assert torch.all(logits.grad[2:] == 0) and logits.grad[:2].abs().sum() > 0  # weight 0: the pseudo-labels change nothing
     only_labelled = SemiLoss(spec, crit)(logits[:2], target[:2], torch.zeros(2, dtype=torch.bool))
     assert torch.allclose(only_labelled, plain(logits[:2], target[:2]))  # a batch without pseudo-labels: the labelled loss

@@ -52,9 +52,14 @@ class Manifest(list):
         self.skipped = list(skipped)
 
 
+def label_kind(cfg: DictConfig) -> str:
+    """"multiclass" for `nifti` (one class per patient), "multilabel" for the knee formats; reads no files."""
+    return "multiclass" if cfg.data.format == "nifti" else "multilabel"
+
+
 def label_spec(cfg: DictConfig) -> LabelSpec:
     """Multi-label tasks for the knee formats; for `nifti` one class per patient (`data.classes` or the labels found)."""
-    if cfg.data.format == "nifti":
+    if label_kind(cfg) == "multiclass":
         frame = read_labels(cfg.data.root, cfg.data.label_column)
         return LabelSpec("multiclass", class_names(frame, cfg.data.label_column, cfg.data.classes))
     return LabelSpec("multilabel", tuple(cfg.data.tasks))

@@ -85,13 +85,13 @@ class SemiLoss(nn.Module):
     Multiclass: cross-entropy with soft targets and the class weights, normalised as torch's
     weighted cross-entropy is for hard labels (by the weight of the targets), over the known rows.
     With `pseudo` (B,) marking the pseudo-labelled studies, the labelled and the pseudo-labelled studies
-    are averaged apart and the latter added with `weight` (the unlabelled loss's lambda of FixMatch and
+    are averaged apart and the latter added with `pseudo_weight` (the unlabelled loss's lambda of FixMatch and
     Mean Teacher): in one average, `train.semi.ratio` = 2 gives noisy pseudo-labels two thirds of every step.
     """
 
-    def __init__(self, spec: LabelSpec, criterion: nn.Module, weight: float = 1.0) -> None:
+    def __init__(self, spec: LabelSpec, criterion: nn.Module, pseudo_weight: float = 1.0) -> None:
         super().__init__()
-        self.kind, self.pseudo_weight = spec.kind, weight
+        self.kind, self.pseudo_weight = spec.kind, pseudo_weight
         class_weight = criterion.pos_weight if spec.kind == "multilabel" else criterion.weight
         self.register_buffer("weight", None if class_weight is None else class_weight.clone())
 

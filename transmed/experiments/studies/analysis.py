@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from ...core.labels import LabelSpec
 from ...core.tables import markdown_table
+from ...data import label_kind
 from ...evaluation.metrics import resampled_mean_auc, study_resamples
 from .spec import Study
 from .stats import NAN, Comparison, Interval, seconds_interval, seeds_and_studies
@@ -87,8 +88,7 @@ class Results:
             frame = pd.read_csv(Path(row["dir"]) / f"predictions-{self.split}.csv", dtype={"id": str})
             names = [c.split("/", 1)[1] for c in frame.columns if c.startswith("prob/")]
             logits = torch.tensor(frame[[f"logit/{n}" for n in names]].to_numpy(np.float64))
-            kind = "multiclass" if self.config(str(row["run"])).data.format == "nifti" else "multilabel"
-            probs = LabelSpec(kind=kind, names=tuple(names)).probabilities(logits, calibrated=False).numpy()
+            probs = LabelSpec(kind=label_kind(self.config(str(row["run"]))), names=tuple(names)).probabilities(logits, calibrated=False).numpy()
             self._predictions[key] = (list(frame["id"]), probs, frame[[f"label/{n}" for n in names]].to_numpy(int), names)
         return self._predictions[key]
 
@@ -103,7 +103,7 @@ class Results:
         if not ids:
             return None
         first = loaded[0][0]
-        kind = "multiclass" if self.config(runs[0]).data.format == "nifti" else "multilabel"
+        kind = label_kind(self.config(runs[0]))
         onehot = first[2][positions(first[0], ids)]
         labels = onehot if kind == "multilabel" else onehot.argmax(axis=1)
         aligned = [[p[1][positions(p[0], ids)] for p in arm] for arm in loaded]
