@@ -142,6 +142,34 @@ def test_round_size_keeps_the_most_confident_studies_and_doubles_each_round(monk
         load_config(None, ["train.semi.round_size=-1"])
 
 
+def test_balance_aligns_decisions_to_the_labelled_shares_and_shares_each_round_out(monkeypatch):
+    weight = torch.zeros(1, 3, 1)
+    weight[0, :2, 0] = torch.tensor([1.0, 0.5])
+    bias = torch.tensor([[0.0, -1.0, 5.0]])
+    features = torch.tensor([[-9.0], [-8.0], [-7.0], [-6.0], [3.0], [4.0]])
+    # logits: abnormal -9 -8 -7 -6 3 4; acl -5.5 -5 -4.5 -4 0.5 1 (ranked, all below 0); meniscus 5 for every study
+
+    def run(**settings):
+        monkeypatch.setattr(semi, "pre_logits", lambda *a, **k: ([f"{i:04d}" for i in range(6)], features))
+        from transmed.config import load_config
+
+        overrides = ["data.unlabelled_root=u", "train.semi.method=pseudo_label", "train.semi.threshold=0.75"]
+        cfg = load_config(None, [*overrides, *(f"train.semi.{k}={v}" for k, v in settings.items())])
+        prior = np.array([0.5, 1 / 3, 0.5])  # the labelled studies' share of positives per task
+        return pseudo_labels(_Heads(weight, bias), None, KNEE, torch.device("cpu"), cfg, epoch=4, prior=prior)[0][:, 0]
+
+    plain = run()
+    assert np.array_equal(plain[:, 0], [0, 0, 0, 0, 1, 1]) and np.array_equal(plain[:4, 1], [0, 0, 0, 0])
+    assert np.isnan(plain[4:, 1]).all() and np.array_equal(plain[:, 2], np.ones(6))  # acl's top two unsure; meniscus all yes
+    aligned = run(balance="true")  # logits less each task's (1 - share) quantile: -6.5, -2.5 and 5
+    assert np.array_equal(aligned[:, 0], [0, 0, np.nan, np.nan, 1, 1], equal_nan=True)  # -2.5 -1.5 | -0.5 0.5 unsure | 9.5 10.5
+    assert np.array_equal(aligned[:, 1], [0, 0, 0, 0, 1, 1])  # acl's ranking: its top third positive
+    assert np.isnan(aligned[:, 2]).all()  # a task the model does not rank yet: nothing is confident
+    limited = run(balance="true", round_size=4)  # round 1 (epoch 4 after 3 warm-up epochs): N_t = 4
+    assert np.array_equal(limited[:, 0], [0, 0, np.nan, np.nan, 1, 1], equal_nan=True)  # 2 of each decision
+    assert np.array_equal(limited[:, 1], [0, 0, 0, np.nan, np.nan, 1], equal_nan=True)  # 4 x 1/3 -> 1 positive, 4 x 2/3 -> 3 negatives
+
+
 def test_tri_net_labels_for_the_third_where_two_agree_confidently(monkeypatch):
     bias = torch.tensor(
         [

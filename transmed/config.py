@@ -102,6 +102,7 @@ class SemiConfig:
     smearing: float = 0.2  # tri_net: std of the output-smearing noise on the labels during warmup
     dropout: float = 0.3  # tri_net: dropout on the head's input for pseudo-label editing
     passes: int = 5  # tri_net: dropout passes a pseudo-label must survive unchanged
+    balance: bool = False  # share each round's N_t out by the labelled studies' class shares (per task: positives, negatives)
     round_size: int = 0  # N_0: round t keeps the min(N_0 2^(t-1), all) most confident studies per classifier (tri-net's N_t); 0: all
 
 

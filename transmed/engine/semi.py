@@ -221,6 +221,7 @@ def pseudo_labels(
     epoch: int,
     truth: Optional[dict] = None,
     weight: Optional[torch.Tensor] = None,
+    prior: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, Round]:
     """(N, C, K) targets for the unlabelled studies of `loader` (NaN: none), and the round's record.
 
@@ -230,11 +231,17 @@ def pseudo_labels(
     is minimised by odds multiplied by the weight, so confidence is judged on the logits less
     log(weight), the probabilities an unweighted model would give: otherwise a rare task's
     negatives look confidently positive, and each round's pseudo-labels feed the next.
+    `prior` (K,): the labelled studies' share of each task's positives or of each class. With
+    `train.semi.balance`, each classifier's logits of a task are first moved so that the unlabelled studies
+    it decides positive are that share of them (`aligned_shift`), and each round's N_t is shared out in
+    those proportions (`most_confident`).
     `truth` (study id -> label, from the synthetic generator) only scores the pseudo-labels.
     """
     semi = cfg.train.semi
     ids, features = pre_logits(model, loader, device, cfg.train.amp)
     cpu_head = _CPUHead(model, weight)
+    if semi.balance and prior is not None and spec.kind == "multilabel":
+        cpu_head.shift = cpu_head.shift + aligned_shift(cpu_head.classify(features), prior)
     probs = spec.probabilities(cpu_head.classify(features, classifiers=True))  # (N, C, K)
     decided, confident = decisions(probs, spec, semi.threshold)
     n, c, k = probs.shape
@@ -252,7 +259,7 @@ def pseudo_labels(
             keep = agreed & stable[:, i] & stable[:, j]
             assign[:, v], edited[:, v], label[:, v] = keep, agreed & ~keep, decided[:, i]
     limit = round_limit(semi.round_size, epoch - semi.warmup_epochs, n)
-    assign = most_confident(assign, probs, spec, semi.method, limit)
+    assign = most_confident(assign, probs, spec, semi.method, limit, label, prior if semi.balance else None)
     if spec.kind == "multiclass":
         rows = assign[..., 0]  # a multiclass pseudo-label is a whole row
         targets = torch.full((n, c, k), float("nan"))
@@ -276,6 +283,16 @@ def pseudo_labels(
     return targets.numpy(), record
 
 
+def aligned_shift(logits: torch.Tensor, prior: np.ndarray) -> torch.Tensor:
+    """(C, K) logit offsets that make each classifier decide a share prior[k] of the (N, C, K) studies positive
+    on task k: the (1 - prior[k]) quantile of its logits (distribution alignment, as ReMixMatch aligns its
+    guesses to the labelled marginal). Confidence is then measured from that boundary: a labeller that has
+    overfitted a few studies puts every logit of a rare task below 0, and its "confident" negatives are
+    its ranking's positives too; a task it cannot rank yet gets no confident decisions at all."""
+    q = torch.as_tensor(1 - prior, dtype=logits.dtype)
+    return torch.stack([torch.quantile(logits[..., k], q[k], dim=0) for k in range(logits.shape[-1])], dim=-1)
+
+
 def round_limit(round_size: int, round_index: int, unlabelled: int) -> int:
     """Tri-net's N_t: `round_size` x 2^(t-1) studies in round t (1, 2, ...), at most all; 0: all from the first."""
     if round_size <= 0:
@@ -283,11 +300,27 @@ def round_limit(round_size: int, round_index: int, unlabelled: int) -> int:
     return min(unlabelled, round_size * 2 ** min(max(round_index - 1, 0), 32))
 
 
-def most_confident(assign: torch.Tensor, probs: torch.Tensor, spec: LabelSpec, method: str, limit: int) -> torch.Tensor:
+def most_confident(
+    assign: torch.Tensor,
+    probs: torch.Tensor,
+    spec: LabelSpec,
+    method: str,
+    limit: int,
+    label: Optional[torch.Tensor] = None,
+    prior: Optional[np.ndarray] = None,
+) -> torch.Tensor:
     """`assign` (N, C, K) kept for at most `limit` studies per classifier: those whose pseudo-labels its
-    labellers are surest of (the mean over the assigned entries of the least sure labeller's margin)."""
-    n, c, _ = assign.shape
-    if limit >= n:
+    labellers are surest of (the mean over the assigned entries of the least sure labeller's margin).
+
+    With `prior` (K,): the labelled studies' share of each task's positives (multilabel) or of each class
+    (multiclass), and `label` the decisions (N, C, K), the limit is shared out class by class instead
+    (class-balanced self-training, Zou et al. 2018): per classifier, at most limit x prior (rounded half up) positive
+    and limit x (1 - prior) negative entries of each task, or limit x prior studies of each
+    class, each the surest of its kind. Otherwise a labeller that has overfitted a few studies is surest
+    of the majority decision, the set fills with it, and each round's pseudo-labels feed the next.
+    """
+    n, c, k = assign.shape
+    if prior is None and limit >= n:
         return assign
     margin = (probs - 0.5).abs() if spec.kind == "multilabel" else probs.max(dim=-1, keepdim=True).values.expand_as(probs)
     kept = torch.zeros_like(assign)
@@ -295,11 +328,29 @@ def most_confident(assign: torch.Tensor, probs: torch.Tensor, spec: LabelSpec, m
         labellers = [v] if method == "pseudo_label" else [other for other in range(c) if other != v]
         sure = margin[:, labellers].amin(dim=1)  # (N, K)
         rows = assign[:, v]
-        score = (sure * rows).sum(dim=-1) / rows.sum(dim=-1).clamp(min=1)
-        score = torch.where(rows.any(dim=-1), score, torch.tensor(-1.0))
-        top = score.argsort(descending=True, stable=True)[:limit]
-        kept[top, v] = assign[top, v]
+        if prior is None:
+            score = (sure * rows).sum(dim=-1) / rows.sum(dim=-1).clamp(min=1)
+            score = torch.where(rows.any(dim=-1), score, torch.tensor(-1.0))
+            top = score.argsort(descending=True, stable=True)[:limit]
+            kept[top, v] = assign[top, v]
+            continue
+        share = torch.as_tensor(prior, dtype=torch.float64)
+        if spec.kind == "multilabel":  # entries: (task, decision) apart
+            for task in range(k):
+                for decided, part in ((1, share[task]), (0, 1 - share[task])):
+                    mine = rows[:, task] & (label[:, v, task] == decided)
+                    kept[_surest(sure[:, task], mine, int(limit * float(part) + 0.5)), v, task] = True
+        else:  # studies: one class apart from another, a row kept whole
+            for cls in range(k):
+                mine = rows[:, 0] & (label[:, v, 0] == cls)
+                kept[_surest(sure[:, 0], mine, int(limit * float(share[cls]) + 0.5)), v] = True
     return kept
+
+
+def _surest(score: torch.Tensor, eligible: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the (at most) `count` eligible entries with the highest score."""
+    index = torch.nonzero(eligible).flatten()
+    return index[score[index].argsort(descending=True, stable=True)[:count]]
 
 
 class _CPUHead:

@@ -273,6 +273,7 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             smeared = labelled_targets(labels, spec, classifier_count(cfg), cfg.train.semi.smearing, cfg.seed)
         unlabelled_eval = build_unlabelled_dataset(cfg, train=False) if augment_where(cfg) == "loader" else unlabelled_ds
         unlabelled_loader = build_loader(cfg, unlabelled_eval, train=False)
+        prior = plain[:, 0].mean(axis=0)  # the labelled studies' share of each task's positives, or of each class
         no_pseudo = np.full((len(unlabelled_ds), *plain.shape[1:]), np.nan, dtype=np.float32)
     optimizer = build_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.accumulate)
@@ -329,7 +330,7 @@ def _train(cfg: DictConfig, dist_info: DistInfo) -> Path:
             pseudo = no_pseudo
             if not warm:
                 pseudo, semi_round = pseudo_labels(
-                    model, unlabelled_loader, spec, device, cfg, epoch, unlabelled_ds.truth, train_criterion.weight
+                    model, unlabelled_loader, spec, device, cfg, epoch, unlabelled_ds.truth, train_criterion.weight, prior
                 )
             epoch_loader = semi_loader(
                 cfg, train_ds, smeared if warm else plain, unlabelled_ds, pseudo, epoch_seed, dist_info.rank, dist_info.world_size
