@@ -173,7 +173,7 @@ def test_the_semi_study_runs_each_method_once_per_labelled_fraction():
             assert cfg.train.semi.method == ("none" if method == "labelled" else method)
             assert cfg.data.unlabelled_root == (None if method == "labelled" else f"{root}/unlabelled")
             assert cfg.train.semi.passes == (7 if method == "tri_net" else 5)  # tri_net:key=value reaches every tri_net run
-            assert (cfg.train.epochs, cfg.train.semi.warmup_epochs) == (10, 3)
+            assert (cfg.train.epochs, cfg.train.semi.warmup_epochs, cfg.train.semi.balance, cfg.data.augment) == (30, 10, True, True)
             assert cfg.model.pretrained == "weights/efficientnet-lite0.safetensors"  # demo-transfer's ImageNet stem
             assert cfg.run_name == f"study-semi/{method}-{pct}pct/seed-43" and "role=" + method in cfg.wandb.tags
     quick = load_study(SEMI, ["data.root=/elsewhere/semi"], quick=True)
