@@ -9,6 +9,7 @@ under dropout on the heads' input in any of `train.semi.passes` passes of either
 `pseudo_label` is the simple baseline: one classifier labels for itself where it is confident.
 With `train.semi.round_size` N_0, round t keeps only the N_t = min(N_0 2^(t-1), U) most confident of the
 studies each classifier would get (tri-net's growing N_t); 0 keeps every one from the first round.
+`train.semi.balance` keeps the pseudo-labels in the labelled studies' class shares (`most_confident`).
 
 Written here rather than taken from a library: the semi-supervised libraries (USB, TorchSSL)
 expect fixed-size images with one label, not masked variable-length multi-modal studies with
