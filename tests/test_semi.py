@@ -168,10 +168,6 @@ def test_balance_aligns_decisions_to_the_labelled_shares_and_shares_each_round_o
     limited = run(balance="true", round_size=4)  # round 1 (epoch 4 after 3 warm-up epochs): N_t = 4
     assert np.array_equal(limited[:, 0], [0, 0, np.nan, np.nan, 1, 1], equal_nan=True)  # 2 of each decision
     assert np.array_equal(limited[:, 1], [0, 0, 0, np.nan, np.nan, 1], equal_nan=True)  # 4 x 1/3 -> 1 positive, 4 x 2/3 -> 3 negatives
-    # the scarcer decision sets the count: no confident positive, no negative either
-    assert semi._balanced_counts([0, 50], [0.3, 0.7], 100) == [0, 0]
-    assert semi._balanced_counts([10, 50], [0.25, 0.75], 100) == [10, 30] and semi._balanced_counts([10, 50], [0.25, 0.75], 16) == [4, 12]
-    assert semi._balanced_counts([5, 9, 0], [0.5, 0.5, 0.0], 100) == [5, 5, 0]  # a class the labelled studies lack: none
 
 
 def test_tri_net_labels_for_the_third_where_two_agree_confidently(monkeypatch):

@@ -314,12 +314,11 @@ def most_confident(
     labellers are surest of (the mean over the assigned entries of the least sure labeller's margin).
 
     With `prior` (K,): the labelled studies' share of each task's positives (multilabel) or of each class
-    (multiclass), and `label` the decisions (N, C, K), the pseudo-labels keep those shares exactly
-    (class-balanced self-training, Zou et al. 2018): per classifier and task, positive and negative
-    entries in the ratio prior : 1 - prior (studies per class for classes), as many as the scarcer
-    decision allows, at most `limit` in all, each the surest of its kind. Otherwise a labeller that has
-    overfitted a few studies is surest of the majority decision, the set fills with it, each round's
-    pseudo-labels feed the next, and the task's ranking is lost.
+    (multiclass), and `label` the decisions (N, C, K), the limit is shared out class by class instead
+    (class-balanced self-training, Zou et al. 2018): per classifier, at most limit x prior (rounded half up) positive
+    and limit x (1 - prior) negative entries of each task, or limit x prior studies of each
+    class, each the surest of its kind. Otherwise a labeller that has overfitted a few studies is surest
+    of the majority decision, the set fills with it, and each round's pseudo-labels feed the next.
     """
     n, c, k = assign.shape
     if prior is None and limit >= n:
@@ -336,24 +335,17 @@ def most_confident(
             top = score.argsort(descending=True, stable=True)[:limit]
             kept[top, v] = assign[top, v]
             continue
-        if spec.kind == "multilabel":  # entries: each task apart, its positives against its negatives
+        share = torch.as_tensor(prior, dtype=torch.float64)
+        if spec.kind == "multilabel":  # entries: (task, decision) apart
             for task in range(k):
-                groups = [rows[:, task] & (label[:, v, task] == decided) for decided in (1, 0)]
-                shares = [float(prior[task]), 1 - float(prior[task])]
-                for mine, count in zip(groups, _balanced_counts([int(g.sum()) for g in groups], shares, limit)):
-                    kept[_surest(sure[:, task], mine, count), v, task] = True
-        else:  # studies: one class against another, a row kept whole
-            groups = [rows[:, 0] & (label[:, v, 0] == cls) for cls in range(k)]
-            for mine, count in zip(groups, _balanced_counts([int(g.sum()) for g in groups], [float(p) for p in prior], limit)):
-                kept[_surest(sure[:, 0], mine, count), v] = True
+                for decided, part in ((1, share[task]), (0, 1 - share[task])):
+                    mine = rows[:, task] & (label[:, v, task] == decided)
+                    kept[_surest(sure[:, task], mine, int(limit * float(part) + 0.5)), v, task] = True
+        else:  # studies: one class apart from another, a row kept whole
+            for cls in range(k):
+                mine = rows[:, 0] & (label[:, v, 0] == cls)
+                kept[_surest(sure[:, 0], mine, int(limit * float(share[cls]) + 0.5)), v] = True
     return kept
-
-
-def _balanced_counts(available: list[int], shares: list[float], limit: int) -> list[int]:
-    """How many of each decision to keep: in proportion to `shares`, as many as the scarcest decision
-    (relative to its share) allows, `limit` in all at most; a decision with share 0 gets none."""
-    scale = min([limit, *(n / s for n, s in zip(available, shares) if s > 0)])
-    return [min(n, int(scale * s + 0.5)) for n, s in zip(available, shares)]
 
 
 def _surest(score: torch.Tensor, eligible: torch.Tensor, count: int) -> torch.Tensor:
