@@ -170,6 +170,19 @@ def test_balance_aligns_decisions_to_the_labelled_shares_and_shares_each_round_o
     assert np.array_equal(limited[:, 1], [0, 0, 0, np.nan, np.nan, 1], equal_nan=True)  # 4 x 1/3 -> 1 positive, 4 x 2/3 -> 3 negatives
 
 
+def test_balance_caps_each_class_at_its_labelled_share(monkeypatch):
+    weight = torch.zeros(1, 4, 1)
+    weight[0, 0, 0] = 1.0  # class 0's logit is the feature; the others 0
+    features = torch.tensor([[9.0], [8.0], [7.0], [6.0], [-9.0]])  # four sure of class 0, one unsure
+    monkeypatch.setattr(semi, "pre_logits", lambda *a, **k: ([f"{i:04d}" for i in range(5)], features))
+    from transmed.config import load_config
+
+    cfg = load_config(None, ["data.unlabelled_root=u", "train.semi.method=pseudo_label", "train.semi.balance=true"])
+    prior = np.array([0.4, 0.2, 0.2, 0.2])
+    targets = pseudo_labels(_Heads(weight, torch.zeros(1, 4)), None, PAROTID, torch.device("cpu"), cfg, epoch=4, prior=prior)[0]
+    assert np.array_equal(targets[:2, 0], np.eye(4)[[0, 0]]) and np.isnan(targets[2:, 0]).all()  # 5 x 0.4: the two surest of class 0
+
+
 def test_tri_net_labels_for_the_third_where_two_agree_confidently(monkeypatch):
     bias = torch.tensor(
         [

@@ -315,8 +315,8 @@ def most_confident(
 
     With `prior` (K,): the labelled studies' share of each task's positives (multilabel) or of each class
     (multiclass), and `label` the decisions (N, C, K), the limit is shared out class by class instead
-    (class-balanced self-training, Zou et al. 2018): per classifier, at most limit x prior (rounded half up) positive
-    and limit x (1 - prior) negative entries of each task, or limit x prior studies of each
+    (class-balanced self-training, Zou et al. 2018): per classifier, at most limit x prior positive and
+    limit x (1 - prior) negative entries of each task (rounded half up), or limit x prior studies of each
     class, each the surest of its kind. Otherwise a labeller that has overfitted a few studies is surest
     of the majority decision, the set fills with it, and each round's pseudo-labels feed the next.
     """
@@ -335,16 +335,15 @@ def most_confident(
             top = score.argsort(descending=True, stable=True)[:limit]
             kept[top, v] = assign[top, v]
             continue
-        share = torch.as_tensor(prior, dtype=torch.float64)
         if spec.kind == "multilabel":  # entries: (task, decision) apart
             for task in range(k):
-                for decided, part in ((1, share[task]), (0, 1 - share[task])):
+                for decided, part in ((1, float(prior[task])), (0, 1 - float(prior[task]))):
                     mine = rows[:, task] & (label[:, v, task] == decided)
-                    kept[_surest(sure[:, task], mine, int(limit * float(part) + 0.5)), v, task] = True
+                    kept[_surest(sure[:, task], mine, int(limit * part + 0.5)), v, task] = True
         else:  # studies: one class apart from another, a row kept whole
             for cls in range(k):
                 mine = rows[:, 0] & (label[:, v, 0] == cls)
-                kept[_surest(sure[:, 0], mine, int(limit * float(share[cls]) + 0.5)), v] = True
+                kept[_surest(sure[:, 0], mine, int(limit * float(prior[cls]) + 0.5)), v] = True
     return kept
 
 
