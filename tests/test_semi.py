@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -272,6 +273,13 @@ def test_tri_net_run_logs_every_round_and_saves_three_classifiers(knee_with_unla
     x, mask = torch.rand(2, 3, 5, 32, 32), torch.ones(2, 3, 5, dtype=torch.bool)
     each = model(x, mask, classifiers=True)
     assert each.shape == (2, 3, 3) and torch.allclose(model(x, mask), each.mean(dim=1), atol=1e-6)
+
+    from transmed.experiments.studies.analysis import measure_last
+
+    cfg = _semi_cfg(knee_with_unlabelled, tmp_path, "tri_net")
+    value = measure_last(run, cfg, None, tmp_path)["last/auc"]  # the semi study's last-epoch predictions, beside best.pt's
+    frame = pd.read_csv(run / "last" / "predictions-valid.csv", dtype={"id": str})  # no test split here: valid
+    assert len(frame) == 8 and 0 <= value <= 1 and (run / "predictions-valid.csv").exists() is False
 
 
 def test_semi_run_resumed_equals_uninterrupted(knee_with_unlabelled, tmp_path, monkeypatch):

@@ -411,6 +411,28 @@ def test_the_semi_bar_on_one_seed_says_it_asks_for_three(tmp_path):
     assert "Bar (issue 23): tri_net - labelled >= +0.030 test AUC at 25% labelled, mean over 3 seeds: no run at that fraction." in analysis.notes
 
 
+def test_the_semi_claims_are_also_measured_at_the_last_epoch(tmp_path):
+    from transmed.experiments.studies.analysis import analyse_semi
+
+    study = load_study(SEMI, [f"output_dir={tmp_path}"], quick=True, seeds=[0, 1, 2])  # 10% labelled, 3 seeds
+    signal = {"labelled-10pct": 1.0, "pseudo_label-10pct": 1.0, "tri_net-10pct": 1.0}  # best.pt: no gain
+    results = fake_semi_results(tmp_path, study, signal, {})
+    labels = np.random.default_rng(9).integers(0, 2, (120, 3))
+    for i, row in enumerate(results.rows()):  # last.pt: tri_net and pseudo_label gain (`measure_last`'s files)
+        fake_predictions(Path(row["dir"]) / "last", labels, 1.0 if row["role"] == "labelled" else 2.0, 50 + i, split="test")
+    analysis = analyse_semi(results, tmp_path)
+    claims = [c.claim for c in analysis.comparisons]
+    assert claims[2] == "(at the last epoch, which nothing chose) " + claims[0]
+    assert claims[3] == "(next to it; at the last epoch, which nothing chose) " + claims[1].removeprefix("(next to it) ")
+    for c in analysis.comparisons[2:]:
+        last = [per_seed_mean_auc(tmp_path / arm / f"seed-{s}" / "last" / "predictions-test.csv") for arm in (c.a, c.b) for s in (0, 1, 2)]
+        assert c.diff.value == pytest.approx(np.mean(last[:3]) - np.mean(last[3:]), abs=1e-9) and c.verdict == HOLDS
+    assert analysis.comparisons[0].verdict != HOLDS  # best.pt's claims are what they were
+    bar = next(note for note in analysis.notes if note.startswith("Bar (issue 23)"))
+    assert f"measured {analysis.comparisons[0].diff.value:+.3f}" in bar  # the bar stays on best.pt, as issue 23 sets it
+    assert any("also measured at the last epoch" in note for note in analysis.notes)
+
+
 # ---- tiny end-to-end studies ------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class Results:
     configs: list[DictConfig]
     auc_key: str  # "test/auc" or "val/auc"
     n_bootstrap: int = 1000
+    checkpoint: str = "best"  # whose predictions: best.pt's ({run}/predictions-*.csv) or last.pt's ({run}/last/, `measure_last`)
     _predictions: dict = field(default_factory=dict, repr=False)
     _intervals: dict = field(default_factory=dict, repr=False)  # ("auc", run) and ("diff", a, b) -> the interval, computed once
 
@@ -80,12 +81,16 @@ class Results:
     def config(self, run: str) -> DictConfig:
         return self.configs[[str(r) for r in self.frame["run"]].index(run)]
 
+    def predictions_file(self, row: pd.Series) -> Path:
+        folder = Path(row["dir"]) / ("last" if self.checkpoint == "last" else "")
+        return folder / f"predictions-{self.split}.csv"
+
     def predictions(self, row: pd.Series) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
-        """(ids, probs (N, K), labels (N, K) 0/1, names) of the row's best checkpoint on the report's split;
+        """(ids, probs (N, K), labels (N, K) 0/1, names) of the row's `checkpoint` on the report's split;
         the probabilities are the uncalibrated ones (from the logits), whose ranking the AUC of `evaluate` uses."""
         key = (row["dir"], self.split)
         if key not in self._predictions:
-            frame = pd.read_csv(Path(row["dir"]) / f"predictions-{self.split}.csv", dtype={"id": str})
+            frame = pd.read_csv(self.predictions_file(row), dtype={"id": str})
             names = [c.split("/", 1)[1] for c in frame.columns if c.startswith("prob/")]
             logits = torch.tensor(frame[[f"logit/{n}" for n in names]].to_numpy(np.float64))
             probs = LabelSpec(kind=label_kind(self.config(str(row["run"]))), names=tuple(names)).probabilities(logits, calibrated=False).numpy()
@@ -402,6 +407,25 @@ def pseudo_label_table(results: Results, fractions: Sequence[Fraction]) -> tuple
     return (markdown_table(rows) if rows else ""), missing
 
 
+def measure_last(run_dir: Path, cfg: DictConfig, study: Study, out_dir: Path) -> dict:
+    """last.pt's predictions beside best.pt's (`{run}/last/predictions-{split}.csv`), for the claims at the last
+    epoch: the semi study holds out a few labelled studies to choose the epoch, too few to choose it well."""
+    from ..ablation import bootstrap_aucs
+
+    folder = run_dir / "last"
+    folder.mkdir(exist_ok=True)
+    aucs = bootstrap_aucs(run_dir / "checkpoints" / "last.pt", n_bootstrap=100, save_to=folder)
+    return {"last/auc": aucs.get("test", aucs["valid"])["value"]}
+
+
+def at_last_epoch(claim: str) -> str:
+    """The claim, said of the last epoch: "(next to it) X" -> "(next to it; at the last epoch, which nothing chose) X"."""
+    aside = "(next to it) "
+    if claim.startswith(aside):
+        return f"(next to it; at the last epoch, which nothing chose) {claim[len(aside):]}"
+    return f"(at the last epoch, which nothing chose) {claim}"
+
+
 def analyse_semi(results: Results, out_dir: Path) -> Analysis:
     """Tri-net (Chen, Wang, Gao & Zhou 2018) and pseudo-labelling against the labelled studies alone, per labelled fraction."""
     fractions = semi_fractions(results)
@@ -426,8 +450,19 @@ def analyse_semi(results: Results, out_dir: Path) -> Analysis:
                         b_label="" if labelled else "labelled only",
                     )
                 )
+    last = replace(results, checkpoint="last", _predictions={}, _intervals={})
+    if all(last.predictions_file(row).is_file() for row in results.rows()):
+        comparisons += [
+            replace(c, claim=at_last_epoch(c.claim), ia=last.auc(c.a), ib=last.auc(c.b), diff=last.auc_diff(c.a, c.b))
+            for c in list(comparisons)
+        ]
     notes = pretrained_note(results, list(SEMI_ROLES))
     notes += semi_bar(results, fractions, comparisons)
+    if comparisons and "at the last epoch" in comparisons[-1].claim:
+        notes.append(
+            "best.pt is the epoch the validation studies chose; with a few of them that choice is close to chance, so the "
+            "claims are also measured at the last epoch (`last/predictions-*.csv` beside each run's), where nothing was chosen."
+        )
     synthetic = [f for f in fractions if f.labelled is not None]
     if synthetic:
         cfg = results.config(results.study.runs[0].name)

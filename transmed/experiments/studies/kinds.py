@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from ...config import find_config, load_config
 from ...core.errors import ConfigError
 from ..ablation import format_value
-from .analysis import Analysis, Results, analyse_depth, analyse_fusion, analyse_modes, analyse_semi, analyse_stepwise
+from .analysis import Analysis, Results, analyse_depth, analyse_fusion, analyse_modes, analyse_semi, analyse_stepwise, measure_last
 from .spec import FILE_KEYS, QUICK_KEYS, RUN_KEYS, RUN_REF, SEEDS_FULL, SEEDS_QUICK, Study, StudyRun, expand_run, split_scoped
 from .uap import UAP_SETTINGS, analyse_uap, measure_uap
 
@@ -115,7 +115,7 @@ KINDS: dict[str, Kind] = {
     "uap": Kind(("pretrained", "scratch"), ("pretrained", "scratch"), analyse_uap, UAP_SETTINGS, measure_uap),
     "stepwise": Kind(("intermediate", "stepwise", "direct"), ("intermediate", "stepwise", "direct"), analyse_stepwise),
     "fusion": Kind(("transmed", "late_fusion", "mrnet", "cnn3d", "single"), ("transmed",), analyse_fusion),
-    "semi": Kind(tuple(SEMI_METHODS), ("labelled", "tri_net"), analyse_semi, SEMI_SETTINGS, expand=expand_fractions),
+    "semi": Kind(tuple(SEMI_METHODS), ("labelled", "tri_net"), analyse_semi, SEMI_SETTINGS, measure_last, expand=expand_fractions),
 }
 
 
