@@ -330,9 +330,7 @@ def most_confident(
         sure = margin[:, labellers].amin(dim=1)  # (N, K)
         rows = assign[:, v]
         if prior is None:
-            score = (sure * rows).sum(dim=-1) / rows.sum(dim=-1).clamp(min=1)
-            score = torch.where(rows.any(dim=-1), score, torch.tensor(-1.0))
-            top = score.argsort(descending=True, stable=True)[:limit]
+            top = _surest((sure * rows).sum(dim=-1) / rows.sum(dim=-1).clamp(min=1), rows.any(dim=-1), limit)
             kept[top, v] = assign[top, v]
             continue
         if spec.kind == "multilabel":  # entries: (task, decision) apart
