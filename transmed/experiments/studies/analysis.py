@@ -451,14 +451,15 @@ def analyse_semi(results: Results, out_dir: Path) -> Analysis:
                     )
                 )
     last = replace(results, checkpoint="last", _predictions={}, _intervals={})
-    if all(last.predictions_file(row).is_file() for row in results.rows()):
+    measured_last = all(last.predictions_file(row).is_file() for row in results.rows())
+    if measured_last:
         comparisons += [
             replace(c, claim=at_last_epoch(c.claim), ia=last.auc(c.a), ib=last.auc(c.b), diff=last.auc_diff(c.a, c.b))
             for c in list(comparisons)
         ]
     notes = pretrained_note(results, list(SEMI_ROLES))
     notes += semi_bar(results, fractions, comparisons)
-    if comparisons and "at the last epoch" in comparisons[-1].claim:
+    if comparisons and measured_last:
         notes.append(
             "best.pt is the epoch the validation studies chose; with a few of them that choice is close to chance, so the "
             "claims are also measured at the last epoch (`last/predictions-*.csv` beside each run's), where nothing was chosen."
